@@ -33,8 +33,8 @@ HEAD_ACTIVATIONS = {None: nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "
 def get_sinusoid_encoding_table(n_position: int, d_hid: int) -> torch.Tensor:
     """Fixed (1, n_position, d_hid) sin/cos table; computed in float64 because float32 angles drift ~6e-5."""
     position = torch.arange(n_position, dtype=torch.float64)[:, None]
-    exponent = 2 * torch.div(torch.arange(d_hid), 2, rounding_mode="floor") / d_hid
-    angle = position / torch.pow(torch.tensor(10000.0, dtype=torch.float64), exponent)
+    exponent = 2 * torch.div(torch.arange(d_hid, dtype=torch.float64), 2, rounding_mode="floor") / d_hid
+    angle = position / torch.pow(10000.0, exponent)
     table = torch.empty_like(angle)
     table[:, 0::2] = torch.sin(angle[:, 0::2])
     table[:, 1::2] = torch.cos(angle[:, 1::2])
