@@ -1,15 +1,20 @@
-"""Linear layers that run float32 CPU matmuls through oneDNN, and the MLP built from them.
+"""The compute kernels of the models: linear layers, MLP and multi-head attention.
 
 PyTorch sends float32 CPU matmuls to MKL, which on AMD processors runs its AVX2 path; oneDNN's float32
 kernels use AVX-512 there and are ~2x faster, with the same float32 arithmetic (differences are rounding
-order, ~1e-6 relative). Everywhere else (CUDA, autocast, other dtypes, torch.compile) `linear` is F.linear.
+order, ~1e-6 relative). So `linear` runs float32 CPU matmuls through oneDNN; everywhere else (CUDA, autocast,
+other dtypes, torch.compile) it is F.linear. Attention goes through fused SDPA. FLOP formulas for the two CPU
+kernels that `torch.utils.flop_counter` does not know are registered here, so FlopCounterMode counts them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -38,6 +43,22 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
         return grad_x, grad_weight, grad_bias
+
+
+if _ONEDNN:
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def _linear_pointwise_flop(x_shape, w_shape, *args, **kwargs) -> int:
+        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _sdpa_cpu_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -71,3 +92,12 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: nn.Dropout,
+              fused: bool = True) -> torch.Tensor:
+    """Multi-head attention on (B, heads, tokens, head_dim): fused SDPA, or the explicit math (q scaled first)."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout.p if dropout.training else 0.0, scale=scale)
+    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return dropout(attn) @ v

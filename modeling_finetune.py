@@ -23,7 +23,7 @@ from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models import register_model
 from torch import nn
 
-from layers import Linear, Mlp, linear
+from layers import Linear, Mlp, attention, linear
 from ca_module import FUSIONS, CAResNet, PositionViT, ca_output_size, conv_act_stem, fuse, motion_image
 
 LG_CLASSIFY_TOKEN_TYPES = ("org", "region", "all")
@@ -91,15 +91,6 @@ class PatchEmbed(nn.Module):
         return x
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: nn.Dropout,
-               fused: bool) -> torch.Tensor:
-    """Multi-head attention on (B, heads, tokens, head_dim) tensors: fused SDPA, or the explicit math."""
-    if fused:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout.p if dropout.training else 0.0, scale=scale)
-    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    return dropout(attn) @ v
-
-
 class Attention(nn.Module):
     """ViT self-attention with one qkv matrix; the key bias is fixed at zero (only q_bias and v_bias exist)."""
 
@@ -125,7 +116,7 @@ class Attention(nn.Module):
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = linear(x, self.qkv.weight, bias)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        x = _attention(q, k, v, self.scale, self.attn_drop, self.fused_attn)
+        x = attention(q, k, v, self.scale, self.attn_drop, self.fused_attn)
         return self.proj_drop(self.proj(rearrange(x, "b h n d -> b n (h d)")))
 
 
@@ -162,7 +153,7 @@ class GeneralAttention(nn.Module):
             q = rearrange(linear(x, self.q.weight, self.q_bias), "b t (h d) -> b h t d", h=self.num_heads)
             kv = linear(context, self.kv.weight, kv_bias)
             k, v = rearrange(kv, "b t (two h d) -> two b h t d", two=2, h=self.num_heads)
-        x = _attention(q, k, v, self.scale, self.attn_drop, self.fused_attn)
+        x = attention(q, k, v, self.scale, self.attn_drop, self.fused_attn)
         return self.proj_drop(self.proj(rearrange(x, "b h t d -> b t (h d)")))
 
 
