@@ -12,8 +12,8 @@ Parameter names, shapes and numerics follow the original checkpoints (`shared/sp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,8 @@ from timm.layers import DropPath, trunc_normal_, use_fused_attn
 from timm.models import register_model
 from torch import nn
 
-from layers import Linear, Mlp, attention, linear
 from ca_module import FUSIONS, CAResNet, PositionViT, ca_output_size, conv_act_stem, fuse, motion_image
+from layers import Linear, Mlp, attention, linear
 
 LG_CLASSIFY_TOKEN_TYPES = ("org", "region", "all")
 HEAD_ACTIVATIONS = {None: nn.Identity, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
@@ -83,7 +83,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"input size {tuple(x.shape[-2:])} does not match the model ({self.img_size}, {self.img_size})")
+            raise ValueError(f"input size {tuple(x.shape[-2:])} does not match the model's {self.img_size} px")
         x = self.proj(x).flatten(2).transpose(1, 2)
         if x.shape[1] != self.num_patches:
             raise ValueError(f"input gives {x.shape[1]} tokens, the model expects {self.num_patches} "
@@ -199,7 +199,8 @@ class LGBlock(nn.Module):
                  attn_param_sharing_all: bool = False, no_second: bool = False, no_third: bool = False):
         super().__init__()
         if first_attn_type not in ("self", "cross") or third_attn_type not in ("self", "cross"):
-            raise ValueError(f"lg attention types must be 'self' or 'cross', got {first_attn_type!r}, {third_attn_type!r}")
+            raise ValueError(
+                f"lg attention types must be 'self' or 'cross', got {first_attn_type!r}, {third_attn_type!r}")
         self.first_attn_type, self.third_attn_type = first_attn_type, third_attn_type
         self.no_second, self.no_third = no_second, no_third
         attention = partial(GeneralAttention, dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
@@ -274,15 +275,18 @@ class VisionTransformer(nn.Module):
         if attn_type not in ("joint", "local_global"):
             raise ValueError(f"attn_type must be 'joint' or 'local_global', got {attn_type!r}")
         if lg_classify_token_type not in LG_CLASSIFY_TOKEN_TYPES:
-            raise ValueError(f"lg_classify_token_type must be one of {LG_CLASSIFY_TOKEN_TYPES}, got {lg_classify_token_type!r}")
+            raise ValueError(
+                f"lg_classify_token_type must be one of {LG_CLASSIFY_TOKEN_TYPES}, got {lg_classify_token_type!r}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if keep_temporal_dim:
-            raise NotImplementedError("keep_temporal_dim is not supported (the original breaks with local_global and CA)")
+            raise NotImplementedError(
+                "keep_temporal_dim is not supported (the original breaks with local_global and CA)")
         if attn_type == "local_global" and init_values > 0:
             raise NotImplementedError("init_values > 0 (layer scale) is not supported by LGI-Former blocks")
         if head_activation_func not in HEAD_ACTIVATIONS:
-            raise ValueError(f"head_activation_func must be one of {list(HEAD_ACTIVATIONS)}, got {head_activation_func!r}")
+            raise ValueError(
+                f"head_activation_func must be one of {list(HEAD_ACTIVATIONS)}, got {head_activation_func!r}")
 
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim

@@ -31,9 +31,9 @@ def read_keys(name: str, depth: int | None = None) -> list[tuple[str, list[int]]
     for line in (SPEC_KEYS / name).read_text().splitlines():
         key, shape = line.split()
         parts = key.split(".")
-        if depth is not None and "blocks" in parts and not key.startswith("decoder."):
-            if int(parts[parts.index("blocks") + 1]) >= depth:
-                continue
+        in_encoder_block = "blocks" in parts and not key.startswith("decoder.")
+        if depth is not None and in_encoder_block and int(parts[parts.index("blocks") + 1]) >= depth:
+            continue
         pairs.append((key, [int(s) for s in shape.strip("[]").split(",") if s]))
     return pairs
 
@@ -54,4 +54,5 @@ def random_state_dict(pairs: list[tuple[str, list[int]]], seed: int = 0) -> dict
 
 @pytest.fixture
 def clip() -> torch.Tensor:
-    return torch.randn(2, 3, TINY["all_frames"], TINY["img_size"], TINY["img_size"], generator=torch.Generator().manual_seed(1))
+    size = TINY["img_size"]
+    return torch.randn(2, 3, TINY["all_frames"], size, size, generator=torch.Generator().manual_seed(1))

@@ -43,7 +43,8 @@ LG_OPTIONS = [
     dict(fusion="add"),
     dict(fusion="cat"),
     dict(fusion="pos"),
-    dict(fusion="add", lg_classify_token_type="all", img_size=48, patch_size=16, all_frames=4, lg_region_size=(1, 3, 1)),
+    dict(fusion="add", lg_classify_token_type="all", img_size=48, patch_size=16, all_frames=4,
+         lg_region_size=(1, 3, 1)),
 ]
 
 

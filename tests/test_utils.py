@@ -43,7 +43,8 @@ def test_original_training_checkpoint_with_namespace_optimizer_and_scaler_loads(
     optimizer.step()
     args = argparse.Namespace(model="vit_base_dim512_no_depth_patch16_160", nb_classes=7, lg_region_size=[2, 5, 10],
                               window_size=(8, 10, 10), finetune="", lr=1e-3, device="cuda")
-    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 0}
+    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 0}
     path = tmp_path / "checkpoint-99.pth"
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 99, "scaler": scaler,
                 "args": args}, path)
@@ -70,7 +71,7 @@ def test_unreadable_or_missing_file_is_reported(tmp_path):
     torn = tmp_path / "torn.pth"
     torch.save({"model": build(depth=1).state_dict()}, tmp_path / "full.pth")
     torn.write_bytes((tmp_path / "full.pth").read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="torn.pth"):
+    with pytest.raises(CheckpointError, match=r"torn\.pth"):
         load_checkpoint(torn)
 
 
@@ -92,7 +93,8 @@ def test_pretraining_checkpoint_initialises_the_fine_tune_model(tmp_path, fusion
                if k not in ("mask_token", "encoder_to_decoder.weight", "norm.weight", "norm.bias"))
     assert report.mismatched == []
     state = model.state_dict()
-    for key in ("lg_region_tokens", "patch_embed.proj.weight", "blocks.1.third_attn.kv.weight", "blocks.0.mlp.fc2.bias"):
+    for key in ("lg_region_tokens", "patch_embed.proj.weight", "blocks.1.third_attn.kv.weight",
+                "blocks.0.mlp.fc2.bias"):
         assert torch.equal(state[key], pretrained["encoder." + key]), key
 
 

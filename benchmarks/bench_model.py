@@ -1,0 +1,174 @@
+"""Speed, memory and FLOPs of the full-size fine-tune models, ours side by side with an original-style baseline.
+
+The baseline is `tests/spec_reference.py`: an independent transcription of the original code's forward
+(explicit softmax attention, per-sample CA motion loop, cloned in-place writes, MKL matmuls) with the same
+parameters. Each measurement runs in its own process so that peak RSS is that configuration's alone.
+
+    python benchmarks/bench_model.py                 # CPU: batch 1 and 8, eval and train step, both models
+    python benchmarks/bench_model.py --batch 1       # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import timm  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import modeling_finetune  # noqa: E402, F401  (registers the models)
+
+MODELS = {"MAE-DFER": ("maedfer_ft_base", None), "CA add": ("ca_add_ft_base", "add")}
+KWARGS = dict(num_classes=7, all_frames=16, tubelet_size=2, drop_path_rate=0.1, use_mean_pooling=True,
+              init_scale=0.001, depth=16, attn_type="local_global", lg_region_size=[2, 5, 10],
+              lg_classify_token_type="region")
+# The original code on the 2-core reference machine, batch 1, fp32, 2 threads (issue #3), for context only.
+ORIGINAL_REPORTED = {("MAE-DFER", "eval"): 0.539, ("CA add", "eval"): 0.609,
+                     ("MAE-DFER", "train"): 1.665, ("CA add", "train"): 1.904}
+
+
+def build(impl: str, fusion: str | None) -> torch.nn.Module:
+    if impl == "ours":
+        return timm.create_model("vit_base_dim512_no_depth_patch16_160", fusion=fusion, **KWARGS)
+    from spec_reference import build_reference
+
+    return build_reference(img_size=160, patch_size=16, embed_dim=512, num_heads=8, mlp_ratio=4, qkv_bias=True,
+                           norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), fusion=fusion,
+                           **KWARGS)
+
+
+def measure(impl: str, model_name: str, mode: str, batch: int, device: str, amp: str, compile_: bool,
+            repeats: int) -> dict:
+    """Time one configuration in this process; returns seconds per step, peak memory and outputs' checksum."""
+    torch.manual_seed(0)
+    fusion = MODELS[model_name][1]
+    model = build(impl, fusion).to(device)
+    model.train(mode == "train")
+    if compile_:
+        model = torch.compile(model)
+    x = torch.randn(batch, 3, 16, 160, 160, device=device)
+    target = torch.randint(0, 7, (batch,), device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+    def step():
+        if mode == "eval":
+            with torch.inference_mode(), autocast:
+                return model(x)
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        return loss
+
+    step()  # warm-up (and compilation)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return dict(seconds=min(times), peak_bytes=peak)
+
+
+def count_gflops(model_name: str) -> float:
+    model = build("ours", MODELS[model_name][1]).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 16, 160, 160))
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_rates() -> dict[str, float]:
+    """GFLOP/s of a float32 GEMM shaped like the MLP: torch.mm (MKL) and oneDNN, the two kernels in play."""
+    from layers import _ONEDNN, _onednn_matmul
+
+    a, w = torch.randn(6464, 512), torch.randn(2048, 512)
+    kernels = {"torch.mm": lambda: a @ w.t()}
+    if _ONEDNN:
+        kernels["oneDNN"] = lambda: _onednn_matmul(a, w)
+    rates = {}
+    for name, fn in kernels.items():
+        fn()
+        start = time.perf_counter()
+        for _ in range(10):
+            fn()
+        rates[name] = 2 * 6464 * 512 * 2048 * 10 / (time.perf_counter() - start) / 1e9
+    return rates
+
+
+def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, batch: int, amp: str,
+              compile_: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps(dict(impl=impl, model_name=model_name, mode=mode,
+                                                                 batch=batch, device=args.device, amp=amp,
+                                                                 compile_=compile_, repeats=args.repeats)),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(measure(**json.loads(args.child))))
+        return
+    expected = json.loads((ROOT / "tests" / "data" / "keys" / "flops.json").read_text())
+    rates = matmul_rates()
+    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads; float32 GEMM rate: "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
+    variants = [("fp32", False)]
+    if args.device == "cuda":
+        variants += [("bf16", False), ("bf16", True)]
+    header = (f"{'model':9} {'mode':5} {'batch':>5} {'variant':12} {'s/clip':>8} {'clips/s':>8} {'peak GiB':>8} "
+              f"{'baseline s/clip':>15} {'speed-up':>8} {'mem ratio':>9} {'of GEMM':>8}")
+    for model_name, (key, _) in MODELS.items():
+        gflops = count_gflops(model_name)
+        reference = expected[key]["flops_1clip"]["gflops"]
+        print(f"\n{model_name}: {gflops:.3f} GFLOPs per clip (FlopCounterMode); original {reference:.3f} "
+              f"({100 * (gflops / reference - 1):+.2f}%)")
+        print(header)
+        for mode in ("eval", "train"):
+            for batch in args.batch:
+                base = run_child(args, "reference", model_name, mode, batch, "fp32", False)
+                for amp, compile_ in variants:
+                    ours = run_child(args, "ours", model_name, mode, batch, amp, compile_)
+                    per_clip = ours["seconds"] / batch
+                    flops = gflops * (3 if mode == "train" else 1)
+                    best_rate = max(rates.values())
+                    print(f"{model_name:9} {mode:5} {batch:5} {amp + (' compile' if compile_ else ''):12} "
+                          f"{per_clip:8.3f} {1 / per_clip:8.2f} {ours['peak_bytes'] / 2**30:8.2f} "
+                          f"{base['seconds'] / batch:15.3f} {base['seconds'] / ours['seconds']:7.2f}x "
+                          f"{ours['peak_bytes'] / base['peak_bytes']:9.2f} "
+                          f"{100 * flops / per_clip / best_rate:7.0f}%")
+    print("\nspeed-up and mem ratio: ours against the original-style baseline, measured now, same process setup.")
+    print("of GEMM: achieved FLOP rate (train = 3x forward FLOPs) as a share of the faster GEMM rate above.")
+    print("Original code as reported on the 2-core reference machine (batch 1): "
+          + ", ".join(f"{m} {mode} {s:.3f} s" for (m, mode), s in ORIGINAL_REPORTED.items()))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (the best is kept)")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
