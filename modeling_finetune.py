@@ -447,12 +447,14 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
     return out
 
 
-def _create_vit(variant: str, pretrained: bool, img_size: int, **kwargs) -> VisionTransformer:
+def _create_vit(variant: str, pretrained: bool, config: dict, **kwargs) -> VisionTransformer:
+    """Build a registered model: its fixed config, overridden by the caller's keyword arguments."""
     if pretrained:
         raise ValueError(f"{variant}: no weights can be downloaded; load a checkpoint with --finetune / --resume")
     for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(timm_only, None)
-    model = VisionTransformer(img_size=img_size, **kwargs)
+    model = VisionTransformer(norm_layer=partial(nn.LayerNorm, eps=1e-6), **{**config, **kwargs})
+    img_size = model.patch_embed.img_size
     model.default_cfg = model.pretrained_cfg = dict(
         url="", num_classes=model.num_classes, input_size=(3, kwargs.get("all_frames", 16), img_size, img_size),
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_embed.proj", classifier="head")
@@ -461,13 +463,19 @@ def _create_vit(variant: str, pretrained: bool, img_size: int, **kwargs) -> Visi
 
 @register_model
 def vit_base_patch16_160(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    return _create_vit("vit_base_patch16_160", pretrained, img_size=160, patch_size=16, embed_dim=768, depth=12,
-                       num_heads=12, mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+    config = dict(img_size=160, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, qkv_bias=True)
+    return _create_vit("vit_base_patch16_160", pretrained, config, **kwargs)
 
 
 @register_model
 def vit_base_dim512_no_depth_patch16_160(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """MAE-DFER's model: 512-d, 8 heads; depth comes from the caller (the scripts pass depth=16)."""
-    return _create_vit("vit_base_dim512_no_depth_patch16_160", pretrained, img_size=160, patch_size=16,
-                       embed_dim=512, num_heads=8, mlp_ratio=4, qkv_bias=True,
-                       norm_layer=partial(nn.LayerNorm, eps=1e-6), **kwargs)
+    config = dict(img_size=160, patch_size=16, embed_dim=512, num_heads=8, mlp_ratio=4, qkv_bias=True)
+    return _create_vit("vit_base_dim512_no_depth_patch16_160", pretrained, config, **kwargs)
+
+
+@register_model
+def vit_tiny_dim128_no_depth_patch16_64(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """A small LGI-Former for the CPU demo: 128-d, 4 heads, 64 px; depth comes from the caller."""
+    config = dict(img_size=64, patch_size=16, embed_dim=128, num_heads=4, mlp_ratio=4, qkv_bias=True)
+    return _create_vit("vit_tiny_dim128_no_depth_patch16_64", pretrained, config, **kwargs)

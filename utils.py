@@ -123,3 +123,118 @@ def load_model_weights(model: nn.Module, path: str | Path, model_key: str = "mod
                               f"--fusion, --depth, --lg_region_size):\n  " + "\n  ".join(problems))
     model.load_state_dict(state_dict, strict=True)
     return checkpoint
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Distributed helpers (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain `python` run is one process)
+
+def init_distributed_mode(args: argparse.Namespace) -> None:
+    """Join the torchrun process group if launched by torchrun: NCCL on CUDA, gloo on CPU; sets args.rank etc."""
+    import os
+
+    args.rank = int(os.environ.get("RANK", 0))
+    args.world_size = int(os.environ.get("WORLD_SIZE", 1))
+    args.gpu = int(os.environ.get("LOCAL_RANK", 0))
+    args.distributed = args.world_size > 1
+    if not args.distributed:
+        return
+    if args.device == "cuda":
+        torch.cuda.set_device(args.gpu)
+        args.device = f"cuda:{args.gpu}"
+    torch.distributed.init_process_group(backend="nccl" if args.device.startswith("cuda") else "gloo")
+    torch.distributed.barrier()
+
+
+def get_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def all_gather_objects(obj):
+    """Every rank's `obj`, in rank order (a one-element list without distributed)."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    gathered = [None] * get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1):
+    """Per-step values: linear warm-up from start_warmup_value, then half a cosine from base to final value."""
+    import numpy as np
+
+    warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training checkpoints: {model, optimizer, epoch, scaler, args[, model_ema]} as the originals wrote them
+
+def save_checkpoint_atomic(state: dict, path: str | Path) -> None:
+    """Write to a temporary file, fsync, then rename: a kill mid-write never leaves a torn file at `path`."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(args: argparse.Namespace, epoch: int | str, model: nn.Module, optimizer, loss_scaler,
+               model_ema: nn.Module | None = None) -> Path:
+    """checkpoint-<epoch>.pth in args.output_dir, written by rank 0 only."""
+    path = Path(args.output_dir) / f"checkpoint-{epoch}.pth"
+    if is_main_process():
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "scaler": loss_scaler.state_dict() if loss_scaler is not None else None, "args": args}
+        if model_ema is not None:
+            state["model_ema"] = model_ema.module.state_dict()
+        save_checkpoint_atomic(state, path)
+    return path
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint-<N>.pth with the highest N (checkpoint-best.pth is not a resume point)."""
+    numbered = [(int(p.stem.split("-")[1]), p) for p in Path(output_dir).glob("checkpoint-*.pth")
+                if p.stem.split("-")[1].isdigit()]
+    return max(numbered)[1] if numbered else None
+
+
+def auto_load_model(args: argparse.Namespace, model: nn.Module, optimizer=None, loss_scaler=None,
+                    model_ema: nn.Module | None = None) -> None:
+    """--resume CKPT, or with --auto_resume the newest checkpoint in output_dir: strict model load, and the
+    optimizer / scaler / EMA states and start epoch when the checkpoint has them (as the originals do)."""
+    if not args.resume and args.auto_resume and args.output_dir:
+        latest = latest_checkpoint(args.output_dir)
+        args.resume = str(latest) if latest else ""
+    if not args.resume:
+        return
+    checkpoint = load_model_weights(model, args.resume)
+    logger.info("resumed model weights from %s", args.resume)
+    if checkpoint.get("epoch") == "best" and not args.eval:
+        raise CheckpointError(f"{args.resume}: a best-validation checkpoint records no epoch to continue from; "
+                              "use it with --eval, or resume training from a checkpoint-<N>.pth")
+    if optimizer is not None and "optimizer" in checkpoint and "epoch" in checkpoint and not args.eval:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if loss_scaler is not None and checkpoint.get("scaler"):
+            loss_scaler.load_state_dict(checkpoint["scaler"])
+        if model_ema is not None and "model_ema" in checkpoint:
+            model_ema.module.load_state_dict(checkpoint["model_ema"])
+        if isinstance(checkpoint["epoch"], int):
+            args.start_epoch = checkpoint["epoch"] + 1

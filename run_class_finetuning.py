@@ -1,0 +1,321 @@
+"""Fine-tune and evaluate MAE-DFER / MAE-DFER-CA on a DFER dataset (FERV39k, DFEW, MAFW, ...) or the built-in demo.
+
+Takes the original script's flags and defaults, so the authors' command lines run unchanged (one process, or
+torchrun for several), plus --fusion, --amp, --compile, --data_root and --demo. `python run_class_finetuning.py
+--demo` generates the synthetic demo dataset and trains a small LGI-Former with the CA branch on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from tensorboardX import SummaryWriter
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+
+import engine
+import modeling_finetune  # noqa: F401  (registers the models in timm)
+import utils
+from datasets import DATASETS, build_dataset, seed_worker
+from metrics import write_test_report
+
+# The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
+DEMO_DEFAULTS = dict(
+    data_set="DEMO", nb_classes=len(DATASETS["DEMO"].classes), data_path="saved/data/demo", data_root="saved/data/demo",
+    model="vit_tiny_dim128_no_depth_patch16_64", depth=4, input_size=64, short_side_size=64, num_frames=16,
+    sampling_rate=1, lg_region_size=[2, 2, 4], lg_classify_token_type="region", fusion="add", batch_size=16,
+    epochs=12, warmup_epochs=2, lr=2e-3, num_sample=1, num_workers=1, test_num_segment=2, test_num_crop=2,
+    mixup=0.0, cutmix=0.0, reprob=0.0, aa="rand-m3-n2-mstd0.5-inc1", drop_path=0.0,
+    save_ckpt_freq=1000, output_dir="saved/model/finetuning/demo", dist_eval=True)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("MAE-DFER fine-tuning and evaluation", add_help=True)
+    add = p.add_argument
+    add("--batch_size", default=64, type=int)
+    add("--epochs", default=30, type=int)
+    add("--update_freq", default=1, type=int)
+    add("--save_ckpt_freq", default=100, type=int)
+    # Model
+    add("--model", default="vit_base_patch16_224", type=str)
+    add("--tubelet_size", type=int, default=2)
+    add("--input_size", default=224, type=int)
+    add("--drop", type=float, default=0.0)
+    add("--attn_drop_rate", type=float, default=0.0)
+    add("--drop_path", type=float, default=0.1)
+    add("--disable_eval_during_finetuning", action="store_true", default=False)
+    add("--model_ema", action="store_true", default=False)
+    add("--model_ema_decay", type=float, default=0.9999)
+    add("--model_ema_force_cpu", action="store_true", default=False)
+    add("--attn_type", default="local_global", choices=["joint", "local_global"])
+    add("--lg_region_size", type=int, nargs="+", default=(2, 2, 10))
+    add("--lg_first_attn_type", type=str, default="self", choices=["cross", "self"])
+    add("--lg_third_attn_type", type=str, default="cross", choices=["cross", "self"])
+    add("--lg_attn_param_sharing_first_third", action="store_true")
+    add("--lg_attn_param_sharing_all", action="store_true")
+    add("--lg_classify_token_type", type=str, default="org", choices=["org", "region", "all"])
+    add("--lg_no_second", action="store_true")
+    add("--lg_no_third", action="store_true")
+    add("--depth", default=None, type=int)
+    add("--fusion", default="none", choices=["none", "add", "cat", "pos"], help="CA motion branch fusion (ours)")
+    # Optimizer and schedule
+    add("--opt", default="adamw", type=str)
+    add("--opt_eps", default=1e-8, type=float)
+    add("--opt_betas", default=None, type=float, nargs="+")
+    add("--clip_grad", type=float, default=None)
+    add("--momentum", type=float, default=0.9)
+    add("--weight_decay", type=float, default=0.05)
+    add("--weight_decay_end", type=float, default=None)
+    add("--lr", type=float, default=1e-3, help="learning rate per 256 clips of global batch")
+    add("--layer_decay", type=float, default=0.75)
+    add("--warmup_lr", type=float, default=1e-6, help="parsed as in the original; warm-up starts at 0")
+    add("--min_lr", type=float, default=1e-6)
+    add("--warmup_epochs", type=int, default=5)
+    add("--warmup_steps", type=int, default=-1)
+    # Augmentation
+    add("--color_jitter", type=float, default=0.4)
+    add("--num_sample", type=int, default=2)
+    add("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1")
+    add("--smoothing", type=float, default=0.1)
+    add("--train_interpolation", type=str, default="bicubic")
+    add("--crop_pct", type=float, default=None)
+    add("--short_side_size", type=int, default=224)
+    add("--test_num_segment", type=int, default=5)
+    add("--test_num_crop", type=int, default=3)
+    add("--reprob", type=float, default=0.25)
+    add("--remode", type=str, default="pixel")
+    add("--recount", type=int, default=1)
+    add("--resplit", action="store_true", default=False)
+    add("--mixup", type=float, default=0.8)
+    add("--cutmix", type=float, default=1.0)
+    add("--cutmix_minmax", type=float, nargs="+", default=None)
+    add("--mixup_prob", type=float, default=1.0)
+    add("--mixup_switch_prob", type=float, default=0.5)
+    add("--mixup_mode", type=str, default="batch")
+    # Weights
+    add("--finetune", default="", help="initialise from this (pretraining) checkpoint")
+    add("--model_key", default="model|module", type=str)
+    add("--model_prefix", default="", type=str)
+    add("--init_scale", default=0.001, type=float)
+    add("--use_mean_pooling", action="store_true")
+    p.set_defaults(use_mean_pooling=True)
+    add("--use_cls", action="store_false", dest="use_mean_pooling")
+    # Data
+    add("--data_path", default="/path/to/list_kinetics-400", type=str, help="folder with train/val/test.csv")
+    add("--data_root", default=None, type=str, help="resolve relative CSV paths against this folder (ours)")
+    add("--eval_data_path", default=None, type=str)
+    add("--nb_classes", default=400, type=int)
+    add("--imagenet_default_mean_and_std", default=True, action="store_true")
+    add("--num_segments", type=int, default=1)
+    add("--num_frames", type=int, default=16)
+    add("--sampling_rate", type=int, default=4)
+    add("--data_set", default="Kinetics-400", choices=list(DATASETS), type=str)
+    add("--output_dir", default="")
+    add("--log_dir", default=None)
+    # Run
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 on CUDA if supported, else none")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--seed", default=0, type=int)
+    add("--resume", default="")
+    add("--auto_resume", action="store_true")
+    add("--no_auto_resume", action="store_false", dest="auto_resume")
+    p.set_defaults(auto_resume=True)
+    add("--save_ckpt", action="store_true")
+    add("--no_save_ckpt", action="store_false", dest="save_ckpt")
+    p.set_defaults(save_ckpt=True)
+    add("--start_epoch", default=0, type=int)
+    add("--eval", action="store_true")
+    add("--dist_eval", action="store_true", default=False)
+    add("--num_workers", default=10, type=int)
+    add("--pin_mem", action="store_true")
+    add("--no_pin_mem", action="store_false", dest="pin_mem")
+    p.set_defaults(pin_mem=True)
+    add("--world_size", default=1, type=int)
+    add("--local_rank", default=-1, type=int)
+    add("--dist_on_itp", action="store_true")
+    add("--dist_url", default="env://")
+    add("--enable_deepspeed", action="store_true", default=False)
+    add("--val_metric", type=str, default="acc1",
+        choices=["acc1", "acc5", "war", "uar", "weighted_f1", "micro_f1", "macro_f1"])
+    add("--final_model", default="last", choices=["last", "best"],
+        help="model for the final test: the last epoch (original protocol) or checkpoint-best (ours)")
+    add("--save_feature", action="store_true", default=False)
+    add("--demo", action="store_true", help="train and test on the built-in synthetic dataset (CPU friendly)")
+    return p
+
+
+def create_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The fine-tune model exactly as the original script builds it, plus --fusion."""
+    kwargs = dict(pretrained=False, num_classes=args.nb_classes, all_frames=args.num_frames * args.num_segments,
+                  tubelet_size=args.tubelet_size, drop_rate=args.drop, drop_path_rate=args.drop_path,
+                  attn_drop_rate=args.attn_drop_rate, drop_block_rate=None, use_mean_pooling=args.use_mean_pooling,
+                  init_scale=args.init_scale, attn_type=args.attn_type, lg_region_size=args.lg_region_size,
+                  lg_first_attn_type=args.lg_first_attn_type, lg_third_attn_type=args.lg_third_attn_type,
+                  lg_attn_param_sharing_first_third=args.lg_attn_param_sharing_first_third,
+                  lg_attn_param_sharing_all=args.lg_attn_param_sharing_all,
+                  lg_classify_token_type=args.lg_classify_token_type, lg_no_second=args.lg_no_second,
+                  lg_no_third=args.lg_no_third, fusion=None if args.fusion == "none" else args.fusion)
+    if "no_depth" in args.model and args.depth is not None:
+        kwargs["depth"] = args.depth
+    return timm.create_model(args.model, **kwargs)
+
+
+def build_loader(dataset, args: argparse.Namespace, batch_size: int, train: bool = False,
+                 sequential: bool = False) -> torch.utils.data.DataLoader:
+    """Train and test go through a DistributedSampler (as in the original); validation does with --dist_eval."""
+    if sequential:
+        sampler = torch.utils.data.SequentialSampler(dataset)
+    else:
+        sampler = torch.utils.data.DistributedSampler(dataset, utils.get_world_size(), utils.get_rank(),
+                                                      shuffle=train, seed=args.seed)
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=batch_size, num_workers=args.num_workers, drop_last=train,
+        pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=seed_worker,
+        persistent_workers=args.num_workers > 0, collate_fn=getattr(dataset, "collate", None))
+
+
+def final_test(args, model, data_loader, device, epoch, header: str | None) -> dict:
+    """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written."""
+    records = engine.predict_views(data_loader, model, device, args.amp)
+    gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
+    if not utils.is_main_process():
+        return {}
+    return write_test_report(args.output_dir, gathered, DATASETS[args.data_set].classes, header=header,
+                             checkpoint=args.resume or args.finetune or None, epoch=epoch)
+
+
+def main(args: argparse.Namespace) -> None:
+    utils.init_distributed_mode(args)
+    logging.basicConfig(level=logging.INFO if utils.is_main_process() else logging.WARNING, format="%(message)s")
+    device = torch.device(args.device)
+    if args.amp is None:
+        args.amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    seed = args.seed + utils.get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    if args.demo and utils.is_main_process():
+        from demo_data import make_demo_dataset
+
+        make_demo_dataset(args.data_path)
+    if args.distributed:
+        torch.distributed.barrier()
+
+    dataset_test, args.nb_classes = build_dataset(is_train=False, test_mode=True, args=args)
+    dataset_train = None if args.eval else build_dataset(is_train=True, test_mode=False, args=args)[0]
+    dataset_val = None
+    if not args.eval and not args.disable_eval_during_finetuning:
+        dataset_val = build_dataset(is_train=False, test_mode=False, args=args)[0]
+    loader_test = build_loader(dataset_test, args, args.batch_size)
+
+    model = create_model(args)
+    if args.finetune:
+        utils.load_pretrained(model, args.finetune, args.model_key, args.model_prefix)
+    model.to(device)
+    model_without_ddp = model
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logging.info("model %s (fusion %s): %d trainable parameters", args.model, args.fusion, n_parameters)
+    model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                           device="cpu" if args.model_ema_force_cpu else None) if args.model_ema else None
+
+    total_batch_size = args.batch_size * args.update_freq * utils.get_world_size()
+    args.lr, args.min_lr = args.lr * total_batch_size / 256, args.min_lr * total_batch_size / 256
+    optimizer = create_optimizer_v2(model_without_ddp, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum, layer_decay=args.layer_decay, eps=args.opt_eps,
+                                    **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    utils.auto_load_model(args, model_without_ddp, optimizer, scaler, model_ema)
+    if args.compile:
+        model = torch.compile(model)
+    if args.distributed:
+        # cablock.fc is never called and, with region pooling, the last block's third attention feeds nothing.
+        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    Path(args.output_dir or ".").mkdir(parents=True, exist_ok=True)
+    args.output_dir = args.output_dir or "."
+
+    if args.eval:
+        if not args.resume and not args.finetune:
+            logging.warning("--eval without a checkpoint: testing an untrained model")
+        stats = final_test(args, model, loader_test, device, epoch=None, header=None)
+        if stats:
+            logging.info("UAR %.2f%%  WAR %.2f%%", 100 * stats["uar"], 100 * stats["war"])
+        return
+
+    loader_train = build_loader(dataset_train, args, args.batch_size, train=True)
+    loader_val = None
+    if dataset_val is not None:
+        loader_val = build_loader(dataset_val, args, int(1.5 * args.batch_size), sequential=not args.dist_eval)
+    steps_per_epoch = len(dataset_train) // total_batch_size
+    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
+                                         warmup_steps=args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=args.nb_classes)
+        criterion = SoftTargetCrossEntropy()
+    elif args.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    log_writer = SummaryWriter(args.log_dir or args.output_dir) if utils.is_main_process() else None
+    log_path = Path(args.output_dir) / "log.txt"
+    logging.info("global batch %d, peak lr %.3g, %d steps per epoch", total_batch_size, args.lr, steps_per_epoch)
+
+    best, start = -float("inf"), time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        loader_train.sampler.set_epoch(epoch)
+        train_stats = engine.train_one_epoch(
+            model, criterion, loader_train, optimizer, device, epoch, scaler, args.amp, args.clip_grad, model_ema,
+            mixup_fn, log_writer, start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule,
+            wd_schedule_values=wd_schedule, num_training_steps_per_epoch=steps_per_epoch,
+            update_freq=args.update_freq)
+        if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
+            utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, model_ema)
+        log_stats = {f"train_{k}": v for k, v in train_stats.items()}
+        if loader_val is not None:
+            val_stats = engine.evaluate(loader_val, model, device, args.amp, args.nb_classes)
+            logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
+                         val_stats["uar"], val_stats["war"], val_stats["loss"])
+            if val_stats[args.val_metric] > best and args.save_ckpt:
+                best = val_stats[args.val_metric]
+                utils.save_model(args, "best", model_without_ddp, optimizer, scaler, model_ema)
+            log_stats.update({f"val_{k}": v for k, v in val_stats.items() if k != "num_clips"})
+            if log_writer is not None:
+                for k in ("acc1", "acc5", "loss", "uar", "war"):
+                    log_writer.add_scalar(f"perf/val_{k}", val_stats[k], epoch)
+        if utils.is_main_process():
+            with open(log_path, "a") as f:
+                f.write(json.dumps({**log_stats, "epoch": epoch, "n_parameters": n_parameters}) + "\n")
+    logging.info("training time %.0f s", time.time() - start)
+
+    epoch = args.epochs - 1
+    if args.final_model == "best":
+        args.resume = str(Path(args.output_dir) / "checkpoint-best.pth")
+        utils.load_model_weights(model_without_ddp, args.resume)
+        epoch = "best"
+    stats = final_test(args, model, loader_test, device, epoch, header=f"{args.final_model} epoch model")
+    if stats:
+        logging.info("UAR %.2f%%  WAR %.2f%%", 100 * stats["uar"], 100 * stats["war"])
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    args = parser.parse_args()
+    if args.demo:
+        parser.set_defaults(**DEMO_DEFAULTS)
+        args = parser.parse_args()
+    main(args)
