@@ -196,6 +196,7 @@ def final_test(args, model, data_loader, device, epoch, header: str | None) -> d
 
 
 def main(args: argparse.Namespace) -> None:
+    utils.keep_freed_memory()
     utils.init_distributed_mode(args)
     logging.basicConfig(level=logging.INFO if utils.is_main_process() else logging.WARNING, format="%(message)s")
     device = torch.device(args.device)

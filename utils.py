@@ -125,6 +125,25 @@ def load_model_weights(model: nn.Module, path: str | Path, model_key: str = "mod
     return checkpoint
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the OS.
+
+    By default glibc serves blocks above a few MB with mmap and unmaps them on free, so every large activation
+    of a forward/backward pass is page-faulted in afresh: on CPU this costs up to ~30% of a training step. With
+    mmap off and a high trim threshold, freed blocks are reused. Call once at process start; returns False
+    where it does not apply (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Distributed helpers (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain `python` run is one process)
 

@@ -28,6 +28,7 @@ import timm  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import modeling_finetune  # noqa: E402, F401  (registers the models)
+import utils  # noqa: E402
 
 MODELS = {"MAE-DFER": ("maedfer_ft_base", None), "CA add": ("ca_add_ft_base", "add")}
 KWARGS = dict(num_classes=7, all_frames=16, tubelet_size=2, drop_path_rate=0.1, use_mean_pooling=True,
@@ -124,6 +125,7 @@ def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, b
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.child:
+        utils.keep_freed_memory()  # as the entry scripts do
         print(json.dumps(measure(**json.loads(args.child))))
         return
     expected = json.loads((ROOT / "tests" / "data" / "keys" / "flops.json").read_text())
