@@ -373,35 +373,42 @@ class VisionTransformer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encoder output: (local tokens (B, N, C) in (t, h, w) raster order, region tokens (B, R, C) or None)."""
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder output: (B, N, C) for joint attention; (B, regions, 1 + tokens per region, C) for LGI-Former,
+        the region token first in each region."""
         batch_size = x.shape[0]
         x = self.patch_embed(x)
         x = self.pos_drop(x + self.pos_embed.to(x.dtype))
         if self.attn_type == "joint":
             for blk in self.blocks:
                 x = blk(x)
-            return x, None
+            return x
 
         x = tokens_to_regions(x, self.grid_size, self.lg_region_size)
         region_tokens = self.lg_region_tokens.expand(batch_size, -1, -1).unsqueeze(2)
         x = torch.cat((region_tokens, x), dim=2).flatten(0, 1)
         for blk in self.blocks:
             x = blk(x, batch_size)
-        x = x.unflatten(0, (batch_size, -1))
-        return regions_to_tokens(x[:, :, 1:], self.grid_size, self.lg_region_size), x[:, :, 0]
+        return x.unflatten(0, (batch_size, -1))
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's local tokens (B, N, C) in (t, h, w) raster order, e.g. for feature maps."""
+        x = self.forward_blocks(x)
+        if self.attn_type == "joint":
+            return x
+        return regions_to_tokens(x[:, :, 1:], self.grid_size, self.lg_region_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled encoder feature (B, C): the mean of the tokens chosen by `lg_classify_token_type`, then fc_norm."""
-        tokens, region_tokens = self.forward_tokens(x)
-        if region_tokens is not None and self.lg_classify_token_type == "region":
-            tokens = region_tokens
-        elif region_tokens is not None and self.lg_classify_token_type == "all":
-            tokens = torch.cat((region_tokens, tokens), dim=1)
-        tokens = self.norm(tokens)
+        x = self.forward_blocks(x)
+        if self.attn_type == "local_global":
+            # Region-major token layouts of the original: 'org' local tokens only, 'all' with each region's token.
+            selected = {"region": x[:, :, 0], "org": x[:, :, 1:], "all": x}[self.lg_classify_token_type]
+            x = selected if selected.dim() == 3 else selected.flatten(1, 2)
+        x = self.norm(x)
         if self.fc_norm is not None:
-            return self.fc_norm(tokens.mean(1))
-        return tokens[:, 0]
+            return self.fc_norm(x.mean(1))
+        return x[:, 0]
 
     def forward_motion(self, x: torch.Tensor) -> torch.Tensor:
         """CA branch: the motion image of the clip -> conv stem -> CA ResNet -> ReLU(fc1) -> (B, C)."""

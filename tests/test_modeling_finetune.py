@@ -197,3 +197,15 @@ def test_parameter_sharing_duplicates_keys_like_the_original():
     assert "blocks.0.third_attn.q.weight" in keys and "blocks.0.first_attn.q.weight" in keys
     assert model.blocks[0].third_attn is model.blocks[0].first_attn
     model.load_state_dict(model.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(attn_type="joint")])
+def test_forward_tokens_returns_the_raster_token_grid(options, clip):
+    model = tiny(**options).eval()
+    with torch.no_grad():
+        tokens = model.forward_tokens(clip)
+        assert tokens.shape == (2, math.prod(model.grid_size), TINY["embed_dim"])
+        if model.attn_type == "local_global":
+            blocks = model.forward_blocks(clip)
+            regions = tokens_to_regions(tokens, model.grid_size, model.lg_region_size)
+            assert torch.equal(regions, blocks[:, :, 1:])

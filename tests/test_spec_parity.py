@@ -265,9 +265,6 @@ def test_norm_sees_the_tokens_the_head_reads(token_type: str) -> None:
     assert_close(out_prj.mean(1), out_ref.mean(1), "norm output, token mean")
 
 
-@pytest.mark.xfail(strict=False, reason="project keeps the selected tokens in grid order (region tokens first for "
-                   "'all'); §1.7 says `b n s c -> b (n s) c`, region-major. Token 0 and the mean are the same, so "
-                   "logits and features are unaffected")
 @pytest.mark.parametrize("token_type", ["org", "all"])
 def test_selected_tokens_are_region_major(token_type: str) -> None:
     """§1.7: 'org' keeps x[:,:,1:] and 'all' keeps x, both flattened `b n s c -> b (n s) c` (region-major)."""
