@@ -42,9 +42,9 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
         it = start_steps + step
         if data_iter_step % update_freq == 0 and lr_schedule_values is not None:
             for group in optimizer.param_groups:
-                group["lr"] = lr_schedule_values[it] * group.get("lr_scale", 1.0)
+                group["lr"] = float(lr_schedule_values[it]) * group.get("lr_scale", 1.0)
                 if wd_schedule_values is not None and group["weight_decay"] > 0:
-                    group["weight_decay"] = wd_schedule_values[it]
+                    group["weight_decay"] = float(wd_schedule_values[it])
 
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)

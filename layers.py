@@ -62,8 +62,10 @@ def _sdpa_cpu_backward_flop(grad_out_shape, query_shape, key_shape, value_shape,
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # Anything unusual (empty input, mismatched sizes) goes to F.linear, which handles it or explains the error.
     return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.numel() > 0 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+            and x.numel() > 0 and x.shape[-1] == weight.shape[-1]
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -75,20 +75,21 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  num_frames: int = 16, tubelet_size: int = 2):
         super().__init__()
-        self.img_size = img_size
+        self.img_size, self.num_frames = img_size, num_frames
         self.grid_size = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(tubelet_size, patch_size, patch_size),
                               stride=(tubelet_size, patch_size, patch_size))
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse a clip of another size or length than the model was built for (its position table's)."""
+        if x.dim() != 5 or x.shape[2:] != (self.num_frames, self.img_size, self.img_size):
+            raise ValueError(f"input of shape {tuple(x.shape)}: the model expects (B, C, {self.num_frames}, "
+                             f"{self.img_size}, {self.img_size}) (all_frames and img_size)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"input size {tuple(x.shape[-2:])} does not match the model's {self.img_size} px")
-        x = self.proj(x).flatten(2).transpose(1, 2)
-        if x.shape[1] != self.num_patches:
-            raise ValueError(f"input gives {x.shape[1]} tokens, the model expects {self.num_patches} "
-                             f"(frames must equal all_frames)")
-        return x
+        self.check_input(x)
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -427,6 +428,7 @@ class VisionTransformer(nn.Module):
         return self.head_activation(self.head(feature))
 
     def forward(self, x: torch.Tensor, save_feature: bool = False):
+        self.patch_embed.check_input(x)
         motion = self.forward_motion(x) if self.fusion is not None else None
         feature = self.forward_features(x)
         logits = self.forward_head(feature, motion)

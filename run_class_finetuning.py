@@ -156,9 +156,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def create_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The fine-tune model exactly as the original script builds it, plus --fusion."""
-    kwargs = dict(pretrained=False, num_classes=args.nb_classes, all_frames=args.num_frames * args.num_segments,
-                  tubelet_size=args.tubelet_size, drop_rate=args.drop, drop_path_rate=args.drop_path,
+    """The fine-tune model exactly as the original script builds it, plus --fusion and the input size."""
+    kwargs = dict(pretrained=False, img_size=args.input_size, num_classes=args.nb_classes,
+                  all_frames=args.num_frames * args.num_segments, tubelet_size=args.tubelet_size,
+                  drop_rate=args.drop, drop_path_rate=args.drop_path,
                   attn_drop_rate=args.attn_drop_rate, drop_block_rate=None, use_mean_pooling=args.use_mean_pooling,
                   init_scale=args.init_scale, attn_type=args.attn_type, lg_region_size=args.lg_region_size,
                   lg_first_attn_type=args.lg_first_attn_type, lg_third_attn_type=args.lg_third_attn_type,

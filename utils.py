@@ -1,8 +1,8 @@
-"""Checkpoint reading and weight loading shared by the entry scripts.
+"""Checkpoints (safe reading, atomic writing, resume), distributed helpers and schedules shared by the scripts.
 
-Files are always read with `torch.load(weights_only=True)`: nothing in a checkpoint can run code. The only
-non-tensor object the original training checkpoints pickle is their `argparse.Namespace` of arguments, so
-that, and nothing else, is allowed in addition to tensors and plain containers.
+Files are always read with `torch.load(weights_only=True)`: nothing in a checkpoint can run code. Besides tensors
+and plain containers, the original training checkpoints pickle their `argparse.Namespace` of arguments and, in
+the optimizer state, numpy scalars (the learning rates set from a numpy schedule): exactly those are allowed.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-SAFE_GLOBALS = [argparse.Namespace]
+# numpy scalars pickle as numpy.core.multiarray.scalar (numpy 1.x, the originals) or numpy._core... (numpy 2).
+SAFE_GLOBALS = [argparse.Namespace, np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType,
+                (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np._core.multiarray.scalar]
 
 
 class CheckpointError(RuntimeError):
@@ -36,7 +39,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refused to load: the file pickles objects outside the allow-list (tensors, containers, "
-            f"argparse.Namespace), so it could run code; it was not unpickled.\n{err}") from None
+            f"argparse.Namespace, numpy scalars), so it could run code; it was not unpickled.\n{err}") from None
     except (RuntimeError, EOFError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
 

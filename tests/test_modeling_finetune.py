@@ -143,10 +143,10 @@ def test_invalid_options_fail_with_clear_messages():
         tiny(lg_classify_token_type="cls")
     with pytest.raises(NotImplementedError, match="init_values"):
         tiny(init_values=0.1)
-    with pytest.raises(ValueError, match="input size"):
+    with pytest.raises(ValueError, match=r"expects \(B, C, 8, 32, 32\)"):
         tiny()(torch.randn(1, 3, 8, 48, 48))
-    with pytest.raises(ValueError, match="tokens"):
-        tiny()(torch.randn(1, 3, 4, 32, 32))
+    with pytest.raises(ValueError, match=r"expects \(B, C, 8, 32, 32\)"):
+        tiny(fusion="add")(torch.randn(1, 3, 4, 32, 32))
 
 
 def test_registered_in_timm_with_the_original_keyword_arguments():

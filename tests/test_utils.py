@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -41,6 +42,8 @@ def test_original_training_checkpoint_with_namespace_optimizer_and_scaler_loads(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(1, 3, 16, 160, 160)).sum().backward()
     optimizer.step()
+    for group in optimizer.param_groups:  # the originals set learning rates from a numpy schedule
+        group["lr"] = np.float64(1e-4)
     args = argparse.Namespace(model="vit_base_dim512_no_depth_patch16_160", nb_classes=7, lg_region_size=[2, 5, 10],
                               window_size=(8, 10, 10), finetune="", lr=1e-3, device="cuda")
     scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
@@ -50,6 +53,7 @@ def test_original_training_checkpoint_with_namespace_optimizer_and_scaler_loads(
                 "args": args}, path)
     checkpoint = load_checkpoint(path)
     assert checkpoint["args"].lg_region_size == [2, 5, 10] and checkpoint["epoch"] == 99
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == np.float64(1e-4)
     fresh = build(depth=1)
     load_model_weights(fresh, path)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

@@ -1,0 +1,104 @@
+"""The fine-tuning entry script end to end on a few generated clips: train, validate, test, resume, --eval."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import run_class_finetuning as rcf
+import utils
+from demo_data import make_demo_dataset
+from metrics import classification_metrics
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", train_per_class=4, test_per_class=2,
+                             num_frames=16, size=32, seed=3)
+
+
+def demo_args(root, output_dir, *extra: str) -> argparse.Namespace:
+    """The --demo configuration, shrunk to seconds: 32 px, depth 1, two epochs, no workers."""
+    parser = rcf.get_args_parser()
+    parser.set_defaults(**rcf.DEMO_DEFAULTS)
+    return parser.parse_args([
+        "--data_path", str(root), "--data_root", str(root), "--output_dir", str(output_dir), "--input_size", "32",
+        "--short_side_size", "32", "--model", "vit_tiny_dim128_no_depth_patch16_64", "--depth", "1",
+        "--lg_region_size", "2", "1", "2", "--epochs", "2", "--warmup_epochs", "1", "--batch_size", "4",
+        "--num_workers", "0", "--device", "cpu", *extra])
+
+
+def read_pred(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fine_tune_validate_test_and_reports_agree(demo_root, tmp_path):
+    out = tmp_path / "run"
+    rcf.main(demo_args(demo_root, out))
+    log = (out / "log.txt").read_text().splitlines()
+    epochs = [json.loads(line) for line in log if line.startswith("{\"train_")]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert all(np.isfinite(e["train_loss"]) and 0 <= e["val_uar"] <= 1 for e in epochs)
+    assert (out / "checkpoint-1.pth").is_file() and (out / "checkpoint-best.pth").is_file()
+
+    rows = read_pred(out / "pred.csv")
+    test_lines = (demo_root / "test.csv").read_text().splitlines()
+    assert [r["id"] for r in rows] == [line.split(" ")[0] for line in test_lines]
+    classes = list(rows[0])[3:]
+    assert len(classes) == 5
+    probs = np.array([[float(r[c]) for c in classes] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert [int(r["pred"]) for r in rows] == probs.argmax(1).tolist()
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = classification_metrics([int(r["label"]) for r in rows], probs.argmax(1), 5)
+    assert metrics["uar"] == pytest.approx(expected["uar"]) and metrics["war"] == pytest.approx(expected["war"])
+    assert metrics["num_clips"] == len(rows) and metrics["num_views"] == 4 * len(rows)
+    assert f"Final UAR: {100 * metrics['uar']:.2f}%, Final WAR: {100 * metrics['war']:.2f}%" in log
+    assert (out / "confusion_matrix.png").is_file()
+
+
+def test_eval_of_a_saved_checkpoint_reproduces_the_final_test(demo_root, tmp_path):
+    out = tmp_path / "run"
+    rcf.main(demo_args(demo_root, out, "--epochs", "1", "--disable_eval_during_finetuning"))
+    trained = read_pred(out / "pred.csv")
+    evaluated = tmp_path / "eval"
+    rcf.main(demo_args(demo_root, evaluated, "--eval", "--resume", str(out / "checkpoint-0.pth")))
+    again = read_pred(evaluated / "pred.csv")
+    assert [r["pred"] for r in again] == [r["pred"] for r in trained]
+    for a, b in zip(again, trained):
+        assert all(abs(float(a[k]) - float(b[k])) < 1e-5 for k in list(a)[3:])
+
+
+def test_auto_resume_continues_from_the_last_checkpoint(demo_root, tmp_path):
+    out = tmp_path / "run"
+    rcf.main(demo_args(demo_root, out, "--epochs", "1", "--disable_eval_during_finetuning"))
+    checkpoint = utils.load_checkpoint(out / "checkpoint-0.pth")
+    assert checkpoint["epoch"] == 0 and isinstance(checkpoint["args"], argparse.Namespace)
+    rcf.main(demo_args(demo_root, out, "--epochs", "2", "--disable_eval_during_finetuning"))
+    epochs = [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()
+              if line.startswith("{\"train_")]
+    assert epochs == [0, 1]  # the second run resumed at epoch 1 instead of starting over
+
+
+def test_eval_of_an_original_format_checkpoint(demo_root, tmp_path):
+    """A checkpoint as the original code saved it (args Namespace, optimizer, scaler) evaluates with --eval."""
+    args = demo_args(demo_root, tmp_path, "--fusion", "add")
+    model = rcf.create_model(args)
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 99,
+                "scaler": {"scale": 65536.0}, "args": argparse.Namespace(**vars(args))}, tmp_path / "checkpoint-99.pth")
+    rcf.main(demo_args(demo_root, tmp_path, "--fusion", "add", "--eval"))  # auto-resume finds checkpoint-99
+    assert len(read_pred(tmp_path / "pred.csv")) == len((demo_root / "test.csv").read_text().splitlines())
+    shutil.rmtree(tmp_path)
+
+
+def test_wrong_class_count_for_the_dataset_is_refused(demo_root, tmp_path):
+    with pytest.raises(ValueError, match="nb_classes"):
+        rcf.main(demo_args(demo_root, tmp_path, "--nb_classes", "7"))
