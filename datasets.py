@@ -26,7 +26,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import str_to_pil_interp
-from torchvision import io as tvio
 from torchvision.transforms import RandomResizedCrop
 
 # OpenCV's thread pool does not survive fork: a DataLoader worker forked while it is live can hang in its first
@@ -182,18 +181,18 @@ class _Frames:
 
     def resized(self, indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """For training: the distinct frames of `indices` as (U, size, size, 3) uint8, and the position of each index
-        among them. torchvision decodes (libjpeg-turbo, as PIL); torch's antialiased bilinear resize is PIL's filter
-        to within 2 levels, batched."""
+        among them. OpenCV decodes (libjpeg-turbo, as PIL); torch's antialiased bilinear resize is PIL's filter to
+        within 2 levels, batched."""
         unique, inverse = np.unique(indices, return_inverse=True)
         if self.video is not None:
             return _resize_hwc(torch.from_numpy(self.video_frames(unique)), size).numpy(), inverse
         decoded = []
         for i in unique:
-            try:
-                image = tvio.decode_image(tvio.read_file(self.files[i]), mode=tvio.ImageReadMode.RGB)
-            except Exception as err:
-                raise OSError(f"{self.source}: {self.files[i]}: cannot read the image: {err}") from err
-            decoded.append(image.permute(1, 2, 0))
+            # EXIF orientation ignored, as PIL does.
+            image = cv2.imread(self.files[i], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            if image is None:
+                raise OSError(f"{self.source}: {self.files[i]}: cannot read the image")
+            decoded.append(torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)))
         if len({d.shape for d in decoded}) == 1:
             frames = _resize_hwc(torch.stack(decoded), size)
         else:
@@ -215,12 +214,52 @@ def _resize_hwc(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 # timm ops that are affine warps: ours apply them to all frames with OpenCV (see VideoRandAugment).
 _AFFINE_OPS = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"}
+# timm's translations: (axis of the (T, H, W, 3) stack, shift relative to the size along it).
+_TRANSLATIONS = {"TranslateX": (2, False), "TranslateY": (1, False), "TranslateXRel": (2, True),
+                 "TranslateYRel": (1, True)}
 # timm ops whose output level depends only on the input level of the same channel: applied as a lookup table.
 _POINTWISE_OPS = {"Invert", "Posterize", "PosterizeIncreasing", "PosterizeOriginal", "Solarize", "SolarizeIncreasing",
                   "SolarizeAdd", "Brightness", "BrightnessIncreasing"}
 _LEVELS = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8), 3).reshape(1, 256, 3))
 _CV2_INTERPOLATION = {Image.NEAREST: cv2.INTER_NEAREST, Image.BILINEAR: cv2.INTER_LINEAR,
                       Image.BICUBIC: cv2.INTER_CUBIC}
+
+
+def _lut_per_frame(frames: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """Apply (T, 3, 256) per-frame, per-channel lookup tables to (T, H, W, 3) uint8 frames."""
+    luts = np.ascontiguousarray(np.minimum(luts, 255).astype(np.uint8).transpose(0, 2, 1))[:, None]  # (T, 1, 256, 3)
+    return np.stack([cv2.LUT(frame, lut) for frame, lut in zip(frames, luts)])
+
+
+def autocontrast(frames: np.ndarray) -> np.ndarray:
+    """PIL's ImageOps.autocontrast (cutoff 0) of every frame, its tables built as PIL builds them, for all frames at
+    once (PIL builds them in Python per call, which made it one of the costliest ops)."""
+    planes = np.ascontiguousarray(frames.reshape(len(frames), -1, 3).transpose(0, 2, 1))  # fast reductions
+    lo = planes.min(axis=2).astype(np.float64)[..., None]  # (T, 3, 1)
+    hi = planes.max(axis=2).astype(np.float64)[..., None]
+    levels = np.arange(256, dtype=np.float64)
+    scale = 255.0 / np.maximum(hi - lo, 1)
+    stretched = np.clip(np.trunc(levels * scale + -lo * scale), 0, 255)  # PIL: int(ix * scale + offset), clipped
+    return _lut_per_frame(frames, np.where(hi > lo, stretched, levels))
+
+
+def equalize(frames: np.ndarray) -> np.ndarray:
+    """PIL's ImageOps.equalize of every frame, its tables built as PIL builds them (see autocontrast)."""
+    luts = np.empty((len(frames), 3, 256), np.int64)
+    for frame, frame_luts in zip(frames, luts):
+        for channel, lut in enumerate(frame_luts):
+            hist = np.bincount(frame[..., channel].ravel(), minlength=256)
+            occupied = np.flatnonzero(hist)
+            step = (hist.sum() - hist[occupied[-1]]) // 255
+            if len(occupied) <= 1 or step == 0:
+                lut[:] = np.arange(256)
+            else:
+                lut[:] = (step // 2 + np.concatenate([[0], np.cumsum(hist)[:-1]])) // step
+    return _lut_per_frame(frames, luts)
+
+
+# timm ops computed on the whole stack by the functions above (checked against PIL's in tests/test_datasets.py).
+_STACK_OPS = {"AutoContrast": autocontrast, "Equalize": equalize}
 
 
 def _draw_args(_img, *level_args, **kwargs):
@@ -264,11 +303,49 @@ def warp_frames(frames: np.ndarray, matrix: tuple[float, ...], fill: tuple[int, 
     return out
 
 
+def translate_frames(frames: np.ndarray, shift: float, axis: int, fill: tuple[int, ...]) -> np.ndarray:
+    """PIL's bicubic translation of every (H, W, 3) frame by `shift` pixels along axis 2 (x) or 1 (y) of the stack.
+
+    A translation is one 4-tap filter, so it runs as such over the whole stack: PIL's kernel (a = -1), edge clamping,
+    truncation and fill rule, in float32 (PIL computes in double: rarely one level apart). Twice cheaper than a warp.
+    """
+    size = frames.shape[axis]
+    n = math.floor(shift)
+    d = shift - n
+    kernel = np.array([-d + 2 * d * d - d**3, 1 - 2 * d * d + d**3, d + d * d - d**3, d**3 - d * d], np.float32)
+    # Output pixel x reads the input at x + shift; PIL fills it where x + 0.5 + shift falls outside [0, size).
+    valid = np.flatnonzero((np.arange(size) + 0.5 + shift >= 0) & (np.arange(size) + 0.5 + shift < size))
+    out = np.empty_like(frames)
+    out[:] = fill
+    if not len(valid):
+        return out
+    first, last = valid[0], valid[-1] + 1
+    pad = [(0, 0)] * 4
+    pad[axis] = (2, 2)
+    padded = np.pad(frames, pad, mode="edge")
+    shape = padded.shape
+    # Filtered position j holds sum_k kernel[k] * padded[j + k], the value of output pixel j - n - 1.
+    if axis == 2:
+        filtered = cv2.filter2D(padded.reshape(-1, shape[2], 3), cv2.CV_32F, kernel[None], anchor=(0, 0))
+        values = filtered.reshape(shape)[:, :, first + n + 1:last + n + 1]
+        target = out[:, :, first:last]
+    else:
+        filtered = cv2.filter2D(padded.reshape(-1, shape[2], 3), cv2.CV_32F, kernel[:, None], anchor=(0, 0))
+        values = filtered.reshape(shape)[:, first + n + 1:last + n + 1]
+        target = out[:, first:last]
+    # The epsilon keeps float32 rounding from truncating an exact level (a flat area) to the one below.
+    np.copyto(target, np.clip(values + 1e-4, 0, 255), casting="unsafe")
+    return out
+
+
 class VideoRandAugment:
     """timm's RandAugment (e.g. 'rand-m7-n4-mstd0.5-inc1') with one random draw per op for all frames of a clip.
 
     The ops, their probabilities, magnitudes and signs come from timm's op table (numpy picks the ops, `random` the
-    rest, as timm does); colour ops run timm's PIL functions per frame, affine ops run `warp_frames` on the stack.
+    rest, as timm does). Each op then runs on the whole (T, H, W, 3) stack: pointwise ops as the lookup table timm's
+    own function gives, AutoContrast/Equalize/translations exactly as PIL computes them, rotations and shears as
+    OpenCV warps (`warp_frames`, a few levels from PIL's); the rest (Color, Contrast, Sharpness) with timm's PIL
+    function per frame.
     """
 
     def __init__(self, config_str: str, input_size: int, interpolation: str = "bicubic"):
@@ -295,11 +372,17 @@ class VideoRandAugment:
 
     @staticmethod
     def _apply(op, level_args: tuple, kwargs: dict, frames: np.ndarray) -> np.ndarray:
+        if op.name in _TRANSLATIONS and kwargs["resample"] == Image.BICUBIC:
+            axis, relative = _TRANSLATIONS[op.name]
+            shift = level_args[0] * (frames.shape[axis] if relative else 1)
+            return translate_frames(frames, shift, axis, kwargs["fillcolor"])
         if op.name in _AFFINE_OPS:
             resample = kwargs["resample"]
             resample = random.choice(resample) if isinstance(resample, (list, tuple)) else resample
             matrix = _pil_affine_matrix(op.name, level_args[0], frames.shape[2], frames.shape[1])
             return warp_frames(frames, matrix, kwargs["fillcolor"], resample)
+        if op.name in _STACK_OPS:
+            return _STACK_OPS[op.name](frames)
         if op.name in _POINTWISE_OPS:
             # The op's own output on all 256 levels is its lookup table: exact, one pass over the clip.
             lut = np.asarray(op.aug_fn(_LEVELS, *level_args, **kwargs))
@@ -405,9 +488,10 @@ class ClipDataset(torch.utils.data.Dataset):
             cv2.resize(crop, (size, size), dst=resized, interpolation=cv2.INTER_LINEAR)
             if flip:
                 cv2.flip(resized, 1, dst=resized)
-        # Normalising after the (linear) resize instead of before: the same map, one pass.
-        clip = torch.from_numpy(out).permute(3, 0, 1, 2).contiguous()
-        clip.mul_((1 / (255 * _STD))[:, None, None, None]).sub_((_MEAN / _STD)[:, None, None, None])
+        # Normalising after the (linear) resize instead of before: the same map; the first op also transposes.
+        clip = torch.empty((3, num, size, size))
+        torch.mul(torch.from_numpy(out).permute(3, 0, 1, 2), (1 / (255 * _STD))[:, None, None, None], out=clip)
+        clip.sub_((_MEAN / _STD)[:, None, None, None])
         if self.erase is not None:
             self.erase(clip.view(-1, size, size))
         return clip

@@ -8,7 +8,7 @@ timm's RandAugment ops with one random draw per op for all frames (the original'
 normalise, random resized crop, flip and the same-rectangle random erasing; its test path loads every sampled
 frame of the clip for each view. It is a faithful stand-in, not the original code.
 
-    python benchmarks/bench_data.py [--clips 12 --train-items 120 --test-items 120]
+    python benchmarks/bench_data.py [--clips 12 --train_items 400 --test_items 200 --min_frames 40 --max_frames 60]
 """
 
 from __future__ import annotations
@@ -31,20 +31,22 @@ from timm.data.auto_augment import rand_augment_transform
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import utils
 from datasets import Annotation, ClipDataset, loaded_test_indices, train_indices, view_start
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
 
-def make_frames(folder: Path, num_frames: int, size: int, rng: np.random.Generator) -> None:
-    """A smooth synthetic 'face' clip: blurred colour field, a moving ellipse and noise, saved as JPEG."""
+def make_frames(folder: Path, num_frames: int, size: int, quality: int, rng: np.random.Generator) -> None:
+    """A smooth synthetic 'face' clip: blurred colour field, a moving ellipse and sensor-like noise, as JPEG."""
     folder.mkdir(parents=True)
     base = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3)).astype(np.uint8), (0, 0), size / 32)
     base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX)
     for t in range(num_frames):
-        frame = base.astype(np.int16) + rng.normal(0, 4, base.shape).astype(np.int16)
+        frame = base.astype(np.int16) + rng.normal(0, 3, base.shape).astype(np.int16)
         cv2.ellipse(frame, (size // 2 + t % 9, size // 2), (size // 4, size // 3), t, 0, 360, (150, 170, 200), -1)
-        cv2.imwrite(str(folder / f"{t:05d}.jpg"), np.clip(frame, 0, 255).astype(np.uint8))
+        cv2.imwrite(str(folder / f"{t:05d}.jpg"), np.clip(frame, 0, 255).astype(np.uint8),
+                    [cv2.IMWRITE_JPEG_QUALITY, quality])
 
 
 def make_video(path: Path, num_frames: int, size: int, rng: np.random.Generator) -> None:
@@ -142,16 +144,39 @@ class OriginalStyle(torch.utils.data.Dataset):
                 return
 
 
-def throughput(dataset, indices: list[int], seed: int) -> float:
-    """Items per second over `indices` (one process), after one warm-up item."""
-    dataset[indices[0]]
-    np.random.seed(seed)
-    random.seed(seed)
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    for i in indices:
-        dataset[i]
-    return len(indices) / (time.perf_counter() - start)
+class _RNG:
+    """A loader's own numpy / random / torch random streams, swapped in while it runs."""
+
+    def __init__(self, seed: int):
+        np.random.seed(seed)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        self.states = np.random.get_state(), random.getstate(), torch.get_rng_state()
+
+    def __enter__(self):
+        np.random.set_state(self.states[0])
+        random.setstate(self.states[1])
+        torch.set_rng_state(self.states[2])
+
+    def __exit__(self, *exc):
+        self.states = np.random.get_state(), random.getstate(), torch.get_rng_state()
+
+
+def throughput(loaders: list, indices: list[int], seed: int, chunk: int = 10) -> list[float]:
+    """Items per second of each loader over `indices` (one process). The loaders take turns every `chunk` items,
+    so that other load on the machine affects them alike; each draws from its own seeded random streams."""
+    rngs, seconds = [_RNG(seed) for _ in loaders], [0.0] * len(loaders)
+    for loader, rng in zip(loaders, rngs):  # warm-up
+        with rng:
+            loader[indices[0]]
+    for begin in range(0, len(indices), chunk):
+        for k, (loader, rng) in enumerate(zip(loaders, rngs)):
+            with rng:
+                start = time.perf_counter()
+                for i in indices[begin:begin + chunk]:
+                    loader[i]
+                seconds[k] += time.perf_counter() - start
+    return [len(indices) / s for s in seconds]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -161,8 +186,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_frames", type=int, default=40)
     p.add_argument("--max_frames", type=int, default=60)
     p.add_argument("--frame_size", type=int, default=256)
-    p.add_argument("--train_items", type=int, default=120)
-    p.add_argument("--test_items", type=int, default=120)
+    p.add_argument("--jpeg_quality", type=int, default=90)
+    p.add_argument("--train_items", type=int, default=400, help="training clips timed per loader and entry kind")
+    p.add_argument("--test_items", type=int, default=200, help="test views timed per loader and entry kind")
     p.add_argument("--num_frames", type=int, default=16)
     p.add_argument("--sampling_rate", type=int, default=4)
     p.add_argument("--input_size", type=int, default=160)
@@ -176,23 +202,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    # As in a DataLoader worker: one torch thread (and datasets.py keeps OpenCV to one).
+    # As in a DataLoader worker of run_class_finetuning.py: one torch thread (datasets.py keeps OpenCV to one),
+    # glibc keeping freed memory.
     torch.set_num_threads(1)
+    utils.keep_freed_memory()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         folders = []
         for i in range(args.clips):
             make_frames(Path(tmp) / f"{i:05d}", int(rng.integers(args.min_frames, args.max_frames + 1)),
-                        args.frame_size, rng)
+                        args.frame_size, args.jpeg_quality, rng)
             folders.append(Annotation(f"{i:05d}", os.path.join(tmp, f"{i:05d}"), i % 7, f"bench:{i + 1}"))
         videos = []
         for i in range(args.videos):
             path = Path(tmp) / f"v{i}.mp4"
             make_video(path, int(rng.integers(args.min_frames, args.max_frames + 1)), args.frame_size, rng)
             videos.append(Annotation(path.name, str(path), i % 7, f"bench:{i + 1}"))
+        frame_kb = np.mean([f.stat().st_size for f in Path(tmp).glob("*/*.jpg")]) / 1024
         print(f"generated {args.clips} frame folders ({args.min_frames}-{args.max_frames} frames of "
-              f"{args.frame_size}px JPEG) and {args.videos} mp4s in {time.perf_counter() - t0:.1f} s")
+              f"{args.frame_size}px JPEG, {frame_kb:.1f} KB each) and {args.videos} mp4s in "
+              f"{time.perf_counter() - t0:.1f} s")
 
         kwargs = dict(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
                       short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
@@ -204,7 +234,7 @@ def main(args: argparse.Namespace) -> None:
             for mode, items in (("train", args.train_items), ("test", args.test_items)):
                 ours, orig = ClipDataset(entries, mode, **kwargs), OriginalStyle(entries, mode, args)
                 indices = [i % len(ours) for i in range(items)]
-                rows.append((name, mode, throughput(orig, indices, args.seed), throughput(ours, indices, args.seed)))
+                rows.append((name, mode, *throughput([orig, ours], indices, args.seed)))
     unit = {"train": "clips/s", "test": "views/s"}
     print(f"\n{'entries':<14} {'path':<6} {'original-style':>16} {'ours':>12} {'ratio':>7}")
     for name, mode, orig, ours in rows:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import datasets
@@ -403,11 +403,37 @@ def test_rand_augment_ops_match_timm_per_frame():
             level_args, kwargs = drawn
             ours = augment._apply(op, level_args, dict(kwargs), frames)
             theirs = np.stack([np.asarray(op.aug_fn(Image.fromarray(f), *level_args, **kwargs)) for f in frames])
-            if op.name in datasets._AFFINE_OPS:
-                diff = np.abs(ours.astype(int) - theirs)
+            diff = np.abs(ours.astype(int) - theirs)
+            if op.name in datasets._TRANSLATIONS:
+                assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, op.name
+            elif op.name in datasets._AFFINE_OPS:
                 assert diff.max() <= 8 and diff.mean() < 1.0, op.name
             else:
                 assert np.array_equal(ours, theirs), op.name
+
+
+@pytest.mark.parametrize("shift", [17.3, -33.71, 0.0, 5.0, -0.25, 0.5, 47.9, -60.2, 75.0])
+def test_translations_are_pils(shift):
+    frames = smooth_frames(3, 48)[:, :, :40].copy()  # not square: W 40, H 48
+    frames[:, 10:20, 10:20] = 200  # a flat patch: exact levels must not be truncated to the one below
+    for axis, matrix in ((2, (1, 0, shift, 0, 1, 0)), (1, (1, 0, 0, 0, 1, shift))):
+        theirs = np.stack([np.asarray(Image.fromarray(f).transform((40, 48), Image.AFFINE, matrix, Image.BICUBIC,
+                                                                   fillcolor=(128, 127, 126))) for f in frames])
+        diff = np.abs(datasets.translate_frames(frames, shift, axis, (128, 127, 126)).astype(int) - theirs)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_autocontrast_and_equalize_equal_pils_on_any_histogram():
+    rng = np.random.default_rng(0)
+    two_levels = np.where(rng.random((4, 24, 24, 3)) < 0.3, 90, 200).astype(np.uint8)
+    narrow = rng.integers(100, 111, (4, 24, 24, 3)).astype(np.uint8)
+    mixed = np.concatenate([np.full((4, 24, 24, 1), 77), rng.integers(0, 256, (4, 24, 24, 1)),
+                            rng.integers(250, 256, (4, 24, 24, 1))], axis=3).astype(np.uint8)
+    skewed = np.minimum(rng.exponential(20, (4, 24, 24, 3)), 255).astype(np.uint8)
+    for frames in (smooth_frames(4, 24), two_levels, narrow, mixed, skewed, np.full((2, 8, 8, 3), 5, np.uint8)):
+        for ours, theirs in ((datasets.autocontrast, ImageOps.autocontrast), (datasets.equalize, ImageOps.equalize)):
+            expected = np.stack([np.asarray(theirs(Image.fromarray(f))) for f in frames])
+            assert np.array_equal(ours(frames), expected), theirs.__name__
 
 
 def test_rand_augment_draws_like_timm():
