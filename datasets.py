@@ -484,7 +484,7 @@ class ClipDataset(torch.utils.data.Dataset):
         crops = frames[:, top:top + h, left:left + w].astype(np.float32)
         out = np.empty((num, size, size, 3), np.float32)
         for crop, resized in zip(crops, out):
-            # OpenCV's bilinear on float equals F.interpolate(align_corners=False), the original's, bit for bit.
+            # OpenCV's bilinear on float is the original's F.interpolate(align_corners=False) to float rounding.
             cv2.resize(crop, (size, size), dst=resized, interpolation=cv2.INTER_LINEAR)
             if flip:
                 cv2.flip(resized, 1, dst=resized)

@@ -382,6 +382,22 @@ def test_training_draws_differ_between_items_and_follow_the_seed(tmp_path):
     assert not torch.equal(draw(5), draw(6))
 
 
+def test_training_frames_are_pils_resize_to_within_2_levels_and_the_crop_resize_is_the_originals(tmp_path):
+    folder = write_textured(tmp_path / "c", 6, size=57)
+    cv2.imwrite(str(folder / "00006.jpg"), cv2.imread(str(folder / "00000.jpg"))[:50])  # another size: resized alone
+    source = datasets._Frames(entry(folder), "jpg")
+    indices = np.array([0, 0, 3, 6, 6])
+    frames, inverse = source.resized(indices, 32)
+    assert frames.shape == (3, 32, 32, 3) and inverse.tolist() == [0, 0, 1, 2, 2]
+    assert np.abs(frames.astype(int) - source.pil(np.array([0, 3, 6]), 32)).max() <= 2
+    crops = smooth_frames(2, 40).astype(np.float32)
+    for h, w, size in ((40, 40, 40), (13, 29, 32), (40, 17, 24), (7, 7, 40)):
+        expected = torch.nn.functional.interpolate(torch.from_numpy(crops[:, :h, :w]).permute(3, 0, 1, 2),
+                                                   size=(size, size), mode="bilinear", align_corners=False)
+        ours = np.stack([cv2.resize(c[:h, :w], (size, size), interpolation=cv2.INTER_LINEAR) for c in crops])
+        assert torch.allclose(torch.from_numpy(ours).permute(3, 0, 1, 2), expected, atol=1e-2, rtol=0)  # of 255
+
+
 def smooth_frames(num=3, size=40):
     rng = np.random.default_rng(1)
     base = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3)).astype(np.uint8), (0, 0), 3)
