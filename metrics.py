@@ -93,6 +93,19 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     plt.close(fig)
 
 
+def format_summary(report: dict, output_dir: str | Path) -> str:
+    """A readable summary of a test report: UAR / WAR, the confusion matrix with class names, where files are."""
+    names = report["class_names"]
+    width = max(7, *(len(n) for n in names))
+    lines = [f"UAR {100 * report['uar']:.2f}%  WAR {100 * report['war']:.2f}%  ({report['num_clips']} clips, "
+             f"{report['num_views']} views)", "confusion matrix (rows: true, columns: predicted):",
+             " " * width + " " + " ".join(f"{n[:width]:>{width}}" for n in names)]
+    for name, row in zip(names, report["confusion_matrix"]):
+        lines.append(f"{name:>{width}} " + " ".join(f"{v:>{width}d}" for v in row))
+    lines.append(f"outputs in {output_dir}: pred.csv, metrics.json, confusion_matrix.png, log.txt")
+    return "\n".join(lines)
+
+
 def write_test_report(output_dir: str | Path, records: Sequence[tuple[str, int, int, int, np.ndarray]],
                       class_names: Sequence[str], header: str | None = None, checkpoint: str | None = None,
                       epoch: int | str | None = None) -> dict:

@@ -27,7 +27,7 @@ import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
 import utils
 from datasets import DATASETS, build_dataset, seed_worker
-from metrics import write_test_report
+from metrics import format_summary, write_test_report
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
 # It trains from scratch, so every layer gets the full learning rate (layer_decay 1).
@@ -252,7 +252,7 @@ def main(args: argparse.Namespace) -> None:
             logging.warning("--eval without a checkpoint: testing an untrained model")
         stats = final_test(args, model, loader_test, device, epoch=None, header=None)
         if stats:
-            logging.info("UAR %.2f%%  WAR %.2f%%", 100 * stats["uar"], 100 * stats["war"])
+            logging.info(format_summary(stats, args.output_dir))
         return
 
     loader_train = build_loader(dataset_train, args, args.batch_size, train=True)
@@ -312,7 +312,7 @@ def main(args: argparse.Namespace) -> None:
         epoch = "best"
     stats = final_test(args, model, loader_test, device, epoch, header=f"{args.final_model} epoch model")
     if stats:
-        logging.info("UAR %.2f%%  WAR %.2f%%", 100 * stats["uar"], 100 * stats["war"])
+        logging.info(format_summary(stats, args.output_dir))
 
 
 if __name__ == "__main__":
