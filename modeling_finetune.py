@@ -253,6 +253,23 @@ class LGBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def build_blocks(attn_type: str, depth: int, drop_path_rate: float, init_values: float = 0.0, *,
+                 first_attn_type: str = "self", third_attn_type: str = "cross",
+                 attn_param_sharing_first_third: bool = False, attn_param_sharing_all: bool = False,
+                 no_second: bool = False, no_third: bool = False, **common) -> nn.ModuleList:
+    """`depth` LGI-Former blocks ('local_global') or ViT blocks ('joint'), drop path rising linearly to the rate."""
+    dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+    if attn_type == "joint":
+        return nn.ModuleList([Block(**common, drop_path=dpr[i], init_values=init_values) for i in range(depth)])
+    if init_values > 0:
+        raise NotImplementedError("init_values > 0 (layer scale) is not supported by LGI-Former blocks")
+    return nn.ModuleList([
+        LGBlock(**common, drop_path=dpr[i], first_attn_type=first_attn_type, third_attn_type=third_attn_type,
+                attn_param_sharing_first_third=attn_param_sharing_first_third,
+                attn_param_sharing_all=attn_param_sharing_all, no_second=no_second, no_third=no_third)
+        for i in range(depth)])
+
+
 class VisionTransformer(nn.Module):
     """MAE-DFER fine-tune ViT (LGI-Former or joint attention), optionally fused with the CA motion branch.
 
@@ -283,8 +300,6 @@ class VisionTransformer(nn.Module):
         if keep_temporal_dim:
             raise NotImplementedError(
                 "keep_temporal_dim is not supported (the original breaks with local_global and CA)")
-        if attn_type == "local_global" and init_values > 0:
-            raise NotImplementedError("init_values > 0 (layer scale) is not supported by LGI-Former blocks")
         if head_activation_func not in HEAD_ACTIVATIONS:
             raise ValueError(
                 f"head_activation_func must be one of {list(HEAD_ACTIVATIONS)}, got {head_activation_func!r}")
@@ -307,24 +322,17 @@ class VisionTransformer(nn.Module):
             self.register_buffer("pos_embed", get_sinusoid_encoding_table(num_patches, embed_dim), persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
 
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
-        common = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                      drop=drop_rate, attn_drop=attn_drop_rate, norm_layer=norm_layer)
+        self.blocks = build_blocks(
+            attn_type, depth, drop_path_rate, init_values, dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_layer=norm_layer,
+            first_attn_type=lg_first_attn_type, third_attn_type=lg_third_attn_type,
+            attn_param_sharing_first_third=lg_attn_param_sharing_first_third,
+            attn_param_sharing_all=lg_attn_param_sharing_all, no_second=lg_no_second, no_third=lg_no_third)
         if attn_type == "local_global":
             self.lg_region_size = tuple(lg_region_size)
             num_regions = math.prod(region_counts(self.grid_size, self.lg_region_size))
-            self.blocks = nn.ModuleList([
-                LGBlock(**common, drop_path=dpr[i], first_attn_type=lg_first_attn_type,
-                        third_attn_type=lg_third_attn_type,
-                        attn_param_sharing_first_third=lg_attn_param_sharing_first_third,
-                        attn_param_sharing_all=lg_attn_param_sharing_all, no_second=lg_no_second,
-                        no_third=lg_no_third)
-                for i in range(depth)])
             self.lg_region_tokens = nn.Parameter(torch.zeros(num_regions, embed_dim))
             trunc_normal_(self.lg_region_tokens, std=0.02)
-        else:
-            self.blocks = nn.ModuleList([
-                Block(**common, drop_path=dpr[i], init_values=init_values) for i in range(depth)])
 
         self.norm = nn.Identity() if use_mean_pooling else norm_layer(embed_dim)
         self.fc_norm = norm_layer(embed_dim) if use_mean_pooling else None

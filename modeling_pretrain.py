@@ -21,7 +21,14 @@ from timm.models import register_model
 from torch import nn
 
 from layers import Linear
-from modeling_finetune import Block, LGBlock, PatchEmbed, get_sinusoid_encoding_table, region_counts, tokens_to_regions
+from modeling_finetune import (
+    Block,
+    PatchEmbed,
+    build_blocks,
+    get_sinusoid_encoding_table,
+    region_counts,
+    tokens_to_regions,
+)
 
 
 def _init_xavier(m: nn.Module) -> None:
@@ -53,24 +60,15 @@ class PretrainVisionTransformerEncoder(nn.Module):
         self.grid_size = self.patch_embed.grid_size
         self.register_buffer("pos_embed", get_sinusoid_encoding_table(self.patch_embed.num_patches, embed_dim),
                              persistent=False)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
-        common = dict(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                      drop=drop_rate, attn_drop=attn_drop_rate, norm_layer=norm_layer)
+        self.blocks = build_blocks(
+            attn_type, depth, drop_path_rate, init_values, dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_layer=norm_layer,
+            first_attn_type=lg_first_attn_type, third_attn_type=lg_third_attn_type,
+            attn_param_sharing_first_third=lg_attn_param_sharing_first_third,
+            attn_param_sharing_all=lg_attn_param_sharing_all, no_second=lg_no_second, no_third=lg_no_third)
         if attn_type == "local_global":
-            if init_values > 0:
-                raise NotImplementedError("init_values > 0 (layer scale) is not supported by LGI-Former blocks")
             self.lg_region_size = tuple(lg_region_size)
             self.region_counts = region_counts(self.grid_size, self.lg_region_size)
-            self.blocks = nn.ModuleList([
-                LGBlock(**common, drop_path=dpr[i], first_attn_type=lg_first_attn_type,
-                        third_attn_type=lg_third_attn_type,
-                        attn_param_sharing_first_third=lg_attn_param_sharing_first_third,
-                        attn_param_sharing_all=lg_attn_param_sharing_all, no_second=lg_no_second,
-                        no_third=lg_no_third)
-                for i in range(depth)])
-        else:
-            self.blocks = nn.ModuleList([Block(**common, drop_path=dpr[i], init_values=init_values)
-                                         for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.apply(_init_xavier)
         if attn_type == "local_global":
