@@ -260,6 +260,9 @@ def main(args: argparse.Namespace) -> None:
     if dataset_val is not None:
         loader_val = build_loader(dataset_val, args, int(1.5 * args.batch_size), sequential=not args.dist_eval)
     steps_per_epoch = len(dataset_train) // total_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set has {len(dataset_train)} clips, fewer than one global batch "
+                         f"({total_batch_size} = batch_size x update_freq x processes)")
     lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
                                          warmup_steps=args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end

@@ -194,11 +194,12 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
     import numpy as np
 
     warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
+    total = epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
-    schedule = np.concatenate((warmup, cosine))
-    assert len(schedule) == epochs * niter_per_ep
+    iters = np.arange(max(total - warmup_iters, 0))
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
+    # A run shorter than its warm-up ends part-way up the warm-up ramp.
+    schedule = np.concatenate((warmup, cosine))[:total]
     return schedule
 
 

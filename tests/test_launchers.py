@@ -47,9 +47,10 @@ def test_launcher_runs_the_original_recipe_on_a_laid_out_dataset(data_set, tmp_p
            "OUTPUT_DIR": str(tmp_path / "out" / "ferv39k"), "DATA_ROOT": str(data), "SPLITS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     # The recipe's flags stay as written; the extra ones only shrink the run (later flags win in argparse).
-    subprocess.run(["bash", str(ROOT / script), "--data_path", str(data), "--depth", "1", "--epochs", "1",
-                    "--batch_size", "2", "--num_workers", "0", "--device", "cpu"],
-                   env=env, check=True, cwd=tmp_path, capture_output=True, timeout=600)
+    run = subprocess.run(["bash", str(ROOT / script), "--data_path", str(data), "--depth", "1", "--epochs", "1",
+                          "--batch_size", "2", "--num_workers", "0", "--device", "cpu"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (metrics_file,) = (tmp_path / "out").rglob("metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert metrics["num_clips"] == num_classes and metrics["num_views"] == 4 * num_classes

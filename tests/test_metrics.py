@@ -99,6 +99,8 @@ def test_cosine_schedule_warms_up_from_zero_then_decays_to_the_minimum():
     assert schedule[10] == pytest.approx(1e-3)
     assert schedule[-1] == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + np.cos(np.pi * 29 / 30)))
     assert np.all(np.diff(schedule[10:]) <= 0)
+    short = utils.cosine_scheduler(1e-3, 1e-6, epochs=1, niter_per_ep=10, warmup_epochs=5)
+    assert len(short) == 10 and short[0] == 0 and short[-1] == pytest.approx(1e-3 * 9 / 49)
 
 
 def test_best_checkpoint_cannot_seed_training(tmp_path):
