@@ -208,7 +208,7 @@ def main(args: argparse.Namespace) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    if args.demo and utils.is_main_process():
+    if args.demo and utils.is_main_process() and not (Path(args.data_path) / "train.csv").exists():
         from demo_data import make_demo_dataset
 
         make_demo_dataset(args.data_path)

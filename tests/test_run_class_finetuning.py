@@ -102,3 +102,43 @@ def test_eval_of_an_original_format_checkpoint(demo_root, tmp_path):
 def test_wrong_class_count_for_the_dataset_is_refused(demo_root, tmp_path):
     with pytest.raises(ValueError, match="nb_classes"):
         rcf.main(demo_args(demo_root, tmp_path, "--nb_classes", "7"))
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_one_process(demo_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the gathered, de-padded test gives the single-process predictions."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = demo_args(demo_root, tmp_path, "--fusion", "add")
+    torch.manual_seed(0)
+    model = rcf.create_model(args)
+    for p in model.parameters():  # a model whose predictions differ between clips
+        torch.nn.init.normal_(p, std=0.05)
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, checkpoint)
+    flags = [*sys_argv_of(args), "--eval", "--resume", str(checkpoint), "--no_auto_resume"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for name, launcher in (("one", [sys.executable]), ("two", ["torchrun", "--nproc_per_node", "2"])):
+        run = subprocess.run([*launcher, str(Path(rcf.__file__)), *flags, "--output_dir", str(tmp_path / name)],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    one = {r["id"]: r for r in read_pred(tmp_path / "one" / "pred.csv")}
+    two = read_pred(tmp_path / "two" / "pred.csv")
+    assert sorted(one) == sorted(r["id"] for r in two)
+    for row in two:
+        assert row["pred"] == one[row["id"]]["pred"]
+        assert all(abs(float(row[k]) - float(one[row["id"]][k])) < 1e-6 for k in list(row)[3:])
+    metrics = [json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two")]
+    assert metrics[0]["num_views"] == metrics[1]["num_views"] == 4 * len(one)
+    assert metrics[0]["uar"] == pytest.approx(metrics[1]["uar"])
+
+
+def sys_argv_of(args: argparse.Namespace) -> list[str]:
+    """The command-line flags that rebuild this demo configuration in another process."""
+    return ["--demo", "--data_path", args.data_path, "--data_root", args.data_root, "--input_size", "32",
+            "--short_side_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--batch_size", "4",
+            "--num_workers", "0", "--device", "cpu", "--fusion", args.fusion]
