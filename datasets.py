@@ -28,6 +28,8 @@ from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import str_to_pil_interp
 from torchvision.transforms import RandomResizedCrop
 
+from demo_data import DEMO_CLASSES
+
 # OpenCV's thread pool does not survive fork: a DataLoader worker forked while it is live can hang in its first
 # OpenCV call. Frames are small and the loader is parallel across workers anyway.
 cv2.setNumThreads(0)
@@ -51,8 +53,7 @@ DATASETS: dict[str, DatasetInfo] = {
                            "test.csv"),
     "CREMA-D": DatasetInfo(("ANG", "DIS", "FEA", "HAP", "NEU", "SAD"), "jpg", "test.csv"),
     "ENTERFACE": DatasetInfo(("anger", "disgust", "fear", "happiness", "sadness", "surprise"), "jpg", "test.csv"),
-    "DEMO": DatasetInfo(("smile forming", "smile fading", "brows raising", "mouth opening", "neutral"), "jpg",
-                        "test.csv"),
+    "DEMO": DatasetInfo(DEMO_CLASSES, "jpg", "test.csv"),  # the generator defines what each class looks like
 }
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
