@@ -8,7 +8,10 @@ the optimizer state, numpy scalars (the learning rates set from a numpy schedule
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import logging
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,9 +139,6 @@ def keep_freed_memory() -> bool:
     mmap off and a high trim threshold, freed blocks are reused. Call once at process start; returns False
     where it does not apply (not glibc).
     """
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_max = -1, -4
@@ -152,8 +152,6 @@ def keep_freed_memory() -> bool:
 
 def init_distributed_mode(args: argparse.Namespace) -> None:
     """Join the torchrun process group if launched by torchrun: NCCL on CUDA, gloo on CPU; sets args.rank etc."""
-    import os
-
     args.rank = int(os.environ.get("RANK", 0))
     args.world_size = int(os.environ.get("WORLD_SIZE", 1))
     args.gpu = int(os.environ.get("LOCAL_RANK", 0))
@@ -191,8 +189,6 @@ def all_gather_objects(obj):
 def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
                      warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1):
     """Per-step values: linear warm-up from start_warmup_value, then half a cosine from base to final value."""
-    import numpy as np
-
     warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
     total = epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
@@ -208,8 +204,6 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
 
 def save_checkpoint_atomic(state: dict, path: str | Path) -> None:
     """Write to a temporary file, fsync, then rename: a kill mid-write never leaves a torn file at `path`."""
-    import os
-
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
