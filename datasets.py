@@ -67,11 +67,12 @@ class Annotation(NamedTuple):
     source: str  # "<csv>:<line>", for error messages
 
 
-def read_annotations(csv_path: str | os.PathLike, nb_classes: int,
+def read_annotations(csv_path: str | os.PathLike, nb_classes: int | None,
                      data_root: str | None = None) -> list[Annotation]:
     """Parse `<path> <label>` lines (one space, no header); relative paths are resolved against data_root.
 
-    Raises ValueError naming `file:line` for a malformed line, a non-integer label or one outside 0..nb_classes-1.
+    Raises ValueError naming `file:line` for a malformed line, a non-integer label or one outside 0..nb_classes-1
+    (any integer when nb_classes is None: the pretraining lists' dummy labels).
     """
     with open(csv_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -88,7 +89,7 @@ def read_annotations(csv_path: str | os.PathLike, nb_classes: int,
             label = int(label_text)
         except ValueError:
             raise ValueError(f"{where}: label {label_text!r} is not an integer") from None
-        if not 0 <= label < nb_classes:
+        if nb_classes is not None and not 0 <= label < nb_classes:
             raise ValueError(f"{where}: label {label} is outside 0..{nb_classes - 1}")
         path = os.path.join(data_root, clip_id) if data_root is not None else clip_id
         entries.append(Annotation(clip_id, path, label, where))
@@ -187,18 +188,25 @@ class _Frames:
         unique, inverse = np.unique(indices, return_inverse=True)
         if self.video is not None:
             return _resize_hwc(torch.from_numpy(self.video_frames(unique)), size).numpy(), inverse
-        decoded = []
-        for i in unique:
-            # EXIF orientation ignored, as PIL does.
-            image = cv2.imread(self.files[i], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if image is None:
-                raise OSError(f"{self.source}: {self.files[i]}: cannot read the image")
-            decoded.append(torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)))
+        decoded = [torch.from_numpy(f) for f in self.rgb(unique)]
         if len({d.shape for d in decoded}) == 1:
             frames = _resize_hwc(torch.stack(decoded), size)
         else:
             frames = torch.cat([_resize_hwc(d[None], size) for d in decoded])
         return frames.numpy(), inverse
+
+    def rgb(self, indices: np.ndarray) -> list[np.ndarray]:
+        """The frames at `indices` as (H, W, 3) uint8 RGB arrays at their stored size (OpenCV / decord decode)."""
+        if self.video is not None:
+            return list(self.video_frames(indices))
+        decoded = []
+        for i in indices:
+            # EXIF orientation ignored, as PIL does.
+            image = cv2.imread(self.files[i], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            if image is None:
+                raise OSError(f"{self.source}: {self.files[i]}: cannot read the image")
+            decoded.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return decoded
 
 
 def _resize_hwc(frames: torch.Tensor, size: int) -> torch.Tensor:

@@ -83,6 +83,41 @@ def make_demo_dataset(root: str | os.PathLike, *, train_per_class: int = 70, tes
     return root
 
 
+def make_demo_videos(root: str | os.PathLike, *, per_class: int = 200, num_frames: int = 16, size: int = 64,
+                     seed: int = 0, fps: int = 25) -> Path:
+    """Unlabelled demo videos for pretraining: `root`/videos/<id>.mp4 and `info_clean.csv` (`<path> 0` lines, the
+    VoxCeleb2 list format), from a split of their own (other faces than the labelled demo clips). Reuses `root` if
+    it holds these exact videos already."""
+    root = Path(root)
+    if min(num_frames, size, per_class) < 1 or num_frames < 4:
+        raise ValueError(f"demo videos: need num_frames >= 4, size >= 1 and per_class >= 1 (got {num_frames}, "
+                         f"{size}, {per_class})")
+    params = dict(version=_VERSION, kind="unlabelled videos", per_class=per_class, num_frames=num_frames, size=size,
+                  seed=seed, fps=fps)
+    if _read_meta(root) == params:
+        return root
+    if root.exists() and _read_meta(root) is None and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root}: exists and is not a demo video set (no meta.json); refusing to overwrite it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        (tmp / "videos").mkdir()
+        lines = []
+        for clip_id, _, frames in _split_clips(seed, 2, per_class, num_frames, num_frames // 4, size, 0):
+            name = f"videos/{clip_id:06d}.mp4"
+            writer = cv2.VideoWriter(str(tmp / name), cv2.VideoWriter_fourcc(*"mp4v"), fps, (size, size))
+            for frame in frames:
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))
+            writer.release()
+            lines.append(f"{name} 0\n")
+        (tmp / "info_clean.csv").write_text("".join(sorted(lines)), newline="\n")
+        (tmp / "meta.json").write_text(json.dumps({**params, "clips": len(lines)}, indent=1))
+        _replace_dir(tmp, root, params)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
 def _read_meta(root: Path) -> dict | None:
     """The generation parameters stored in root/meta.json (without the clip counts), or None."""
     try:

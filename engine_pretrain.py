@@ -1,16 +1,26 @@
-"""Pretraining targets and loss: normalised pixels and frame differences of the masked tubelets.
+"""Pretraining: reconstruction targets, loss and the training epoch (`shared/spec/pretraining.md` §1.4-1.5).
 
 For each token the target is its tubelet's pixels, normalised per patch and channel; with the frame-difference
 target, every frame but the first of each group is replaced by its difference to that first frame (taken after
-the normalisation, in normalised units). `shared/spec/pretraining.md` §1.4.
+the normalisation, in normalised units). The loss is the MSE over the masked tokens.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.utils import AverageMeter
+from torch import nn
+from tqdm import tqdm
+
+import utils
+from engine import NonFiniteLossError, autocast
 
 PATCHES = "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c"
 VIDEO = "b (t h w) (p0 p1 p2) c -> b c (t p0) (h p1) (w p2)"
@@ -50,3 +60,96 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor,
     pred, target = pred.unflatten(-1, (2, -1)), target.unflatten(-1, (2, -1))
     return ((1 - target_diff_weight) * F.mse_loss(pred[..., 0, :], target[..., 0, :])
             + target_diff_weight * F.mse_loss(pred[..., 1, :], target[..., 1, :]))
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the decoder reconstructs (the flags --normlize_target, --frame_diff_group_size, --target_diff_weight)."""
+
+    patch_size: int = 16
+    tubelet_size: int = 2
+    normalize_target: bool = True
+    frame_diff_group_size: int | None = None  # None: pixels only
+    target_diff_weight: float | None = None
+
+    def targets(self, videos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return reconstruction_targets(videos, mask, self.patch_size, self.tubelet_size, self.normalize_target,
+                                      self.frame_diff_group_size)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return reconstruction_loss(pred, target, self.target_diff_weight)
+
+
+def split_samples(videos: torch.Tensor, mask: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """--num_samples k: a clip of k*T frames becomes k clips of T frames (adjacent), each with the clip's mask."""
+    if num_samples == 1:
+        return videos, mask
+    videos = rearrange(videos, "b c (k t) h w -> (b k) c t h w", k=num_samples)
+    return videos, mask.repeat_interleave(num_samples, dim=0)
+
+
+def _reduce_across_ranks(meters: dict[str, AverageMeter]) -> dict[str, float]:
+    """Epoch averages over every step of every rank."""
+    totals = torch.tensor([[m.sum, m.count] for m in meters.values()], dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    return {name: float(total / count) if count else float("nan")
+            for name, (total, count) in zip(meters, totals.tolist())}
+
+
+def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, epoch: int, objective: Objective, scaler: torch.amp.GradScaler | None,
+                    amp: str, max_norm: float | None = None, log_writer=None, start_steps: int = 0,
+                    lr_schedule_values=None, wd_schedule_values=None, num_samples: int = 1,
+                    last_checkpoint: str | None = None) -> dict[str, float]:
+    """One pretraining epoch with per-step LR / weight-decay schedules; returns the epoch averages.
+
+    A non-finite loss raises NonFiniteLossError naming the step, the loss and `last_checkpoint`. Under fp16 the
+    grad scaler skips steps whose gradients overflow (counted in `skipped_steps`), as the original's scaler does.
+    """
+    model.train()
+    meters = {k: AverageMeter() for k in ("loss", "loss_scale", "lr", "min_lr", "weight_decay", "grad_norm")}
+    skipped = 0
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True)
+    for step, (videos, mask) in enumerate(progress):
+        it = start_steps + step
+        if lr_schedule_values is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_schedule_values[it]) * group.get("lr_scale", 1.0)
+                if wd_schedule_values is not None and group["weight_decay"] > 0:
+                    group["weight_decay"] = float(wd_schedule_values[it])
+        videos, mask = split_samples(videos.to(device, non_blocking=True), mask.to(device, non_blocking=True),
+                                     num_samples)
+        target = objective.targets(videos, mask)
+        with autocast(device, amp):
+            loss = objective.loss(model(videos, mask), target)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {epoch}, step {step} (global step {it}); last good checkpoint: "
+                f"{last_checkpoint or 'none yet'}")
+
+        optimizer.zero_grad()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf")).item()
+        if scaler is not None:
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped += scaler.get_scale() < scale
+        else:
+            optimizer.step()
+
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        values = dict(loss=loss_value, loss_scale=scaler.get_scale() if scaler is not None else 1.0, lr=max(lrs),
+                      min_lr=min(lrs), weight_decay=max(g["weight_decay"] for g in optimizer.param_groups),
+                      grad_norm=grad_norm)
+        for name, value in values.items():
+            meters[name].update(value)
+        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{max(lrs):.2e}")
+        if log_writer is not None:
+            for name, value in values.items():
+                log_writer.add_scalar(("loss/" if name == "loss" else "opt/") + name, value, it)
+    return {**_reduce_across_ranks(meters), "skipped_steps": skipped}

@@ -230,3 +230,13 @@ def pretrain_videomae_base_dim512_no_depth_patch16_160(pretrained: bool = False,
     config = dict(img_size=160, patch_size=16, encoder_embed_dim=512, encoder_num_heads=8, encoder_num_classes=0,
                   decoder_num_classes=1536, decoder_embed_dim=384, decoder_num_heads=6, mlp_ratio=4, qkv_bias=True)
     return _create_pretrain("pretrain_videomae_base_dim512_no_depth_patch16_160", pretrained, config, **kwargs)
+
+
+@register_model
+def pretrain_videomae_tiny_dim128_no_depth_patch16_64(pretrained: bool = False,
+                                                      **kwargs) -> PretrainVisionTransformer:
+    """A small pretraining model for the CPU demo, whose encoder initialises `vit_tiny_dim128_no_depth_patch16_64`:
+    128-d encoder with 4 heads (depth from the caller), 128-d decoder, 64 px."""
+    config = dict(img_size=64, patch_size=16, encoder_embed_dim=128, encoder_num_heads=4, encoder_num_classes=0,
+                  decoder_num_classes=1536, decoder_embed_dim=128, decoder_num_heads=4, mlp_ratio=4, qkv_bias=True)
+    return _create_pretrain("pretrain_videomae_tiny_dim128_no_depth_patch16_64", pretrained, config, **kwargs)

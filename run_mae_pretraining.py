@@ -1,0 +1,260 @@
+"""Self-supervised MAE-DFER pretraining: masked appearance + motion (frame difference) reconstruction.
+
+Takes the original script's flags and defaults, so the authors' VoxCeleb2 command line runs unchanged (one
+process, or torchrun for several), plus --amp, --compile, --data_root, --save_recon and --demo.
+`python run_mae_pretraining.py --demo` pretrains a small LGI-Former on the synthetic demo videos on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from tensorboardX import SummaryWriter
+from timm.optim import create_optimizer_v2
+
+import engine_pretrain
+import modeling_pretrain  # noqa: F401  (registers the models in timm)
+import utils
+from datasets import seed_worker
+from datasets_pretrain import build_pretrain_dataset
+from reconstruction import reconstruct, save_reconstruction_grid
+
+# The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
+DEMO_DEFAULTS = dict(
+    model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", encoder_depth=4, decoder_depth=2, input_size=64,
+    num_frames=16, sampling_rate=1, mask_type="part_window", part_win_size=[2, 2, 4], mask_ratio=0.75,
+    attn_type="local_global", lg_region_size=[2, 2, 4], use_frame_diff_as_target=True, batch_size=16, epochs=40,
+    warmup_epochs=4, lr=4e-3, min_lr=1e-4, opt_betas=[0.9, 0.95], save_ckpt_freq=10, num_workers=1, save_recon=2,
+    data_path="saved/data/demo_videos/info_clean.csv", data_root="saved/data/demo_videos",
+    output_dir="saved/model/pretraining/demo")
+
+
+def str2bool(text: str) -> bool:
+    """--normlize_target True/False. (The original's type=bool read any non-empty text, even 'False', as True.)"""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("MAE-DFER pretraining", add_help=True)
+    add = p.add_argument
+    add("--batch_size", default=64, type=int)
+    add("--epochs", default=800, type=int)
+    add("--save_ckpt_freq", default=50, type=int)
+    # Model
+    add("--model", default="pretrain_videomae_base_patch16_224", type=str)
+    add("--decoder_depth", default=4, type=int)
+    add("--mask_type", default="tube", choices=["random", "tube", "part_window"])
+    add("--part_win_size", type=int, nargs="+", default=(2, 2, 10), help="(t, h, w) in tokens; t is unused")
+    add("--part_apply_symmetry", type=str, default=None, choices=["global", "local"])
+    add("--mask_ratio", default=0.75, type=float)
+    add("--input_size", default=224, type=int)
+    add("--drop_path", type=float, default=0.0)
+    add("--normlize_target", default=True, type=str2bool)
+    add("--encoder_depth", default=None, type=int)
+    add("--attn_type", default="joint", choices=["joint", "local_global"])
+    add("--lg_region_size", type=int, nargs="+", default=(2, 2, 10))
+    add("--lg_first_attn_type", type=str, default="self", choices=["cross", "self"])
+    add("--lg_third_attn_type", type=str, default="cross", choices=["cross", "self"])
+    add("--lg_attn_param_sharing_first_third", action="store_true")
+    add("--lg_attn_param_sharing_all", action="store_true")
+    add("--lg_no_second", action="store_true")
+    add("--lg_no_third", action="store_true")
+    # Optimizer and schedule
+    add("--opt", default="adamw", type=str)
+    add("--opt_eps", default=1e-8, type=float)
+    add("--opt_betas", default=None, type=float, nargs="+")
+    add("--clip_grad", type=float, default=None)
+    add("--momentum", type=float, default=0.9)
+    add("--weight_decay", type=float, default=0.05)
+    add("--weight_decay_end", type=float, default=None)
+    add("--lr", type=float, default=1.5e-4, help="learning rate per 256 clips of global batch")
+    add("--warmup_lr", type=float, default=1e-6, help="parsed as in the original; warm-up starts at 0")
+    add("--min_lr", type=float, default=1e-5)
+    add("--warmup_epochs", type=int, default=40)
+    add("--warmup_steps", type=int, default=-1)
+    add("--color_jitter", type=float, default=0.0, help="unused, as in the original")
+    add("--train_interpolation", type=str, default="bicubic", help="unused, as in the original")
+    # Data
+    add("--data_path", default="/path/to/list_kinetics-400", type=str, help="the video list (`<path> <label>`)")
+    add("--data_root", default=None, type=str, help="resolve relative list paths against this folder (ours)")
+    add("--imagenet_default_mean_and_std", default=True, action="store_true")
+    add("--num_frames", type=int, default=16)
+    add("--sampling_rate", type=int, default=4)
+    add("--output_dir", default="")
+    add("--log_dir", default=None)
+    add("--no_augmentation", action="store_true", help="no multi-scale crop")
+    add("--num_samples", type=int, default=1, help="clips per video read (repeated sampling)")
+    # Targets
+    add("--use_frame_diff_as_target", action="store_true")
+    add("--frame_diff_group_size", type=int, default=2)
+    add("--target_diff_weight", type=float, default=None)
+    # Run
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 on CUDA if supported, else none")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--seed", default=0, type=int)
+    add("--resume", default="")
+    add("--auto_resume", action="store_true")
+    add("--no_auto_resume", action="store_false", dest="auto_resume")
+    p.set_defaults(auto_resume=True)
+    add("--start_epoch", default=0, type=int)
+    add("--num_workers", default=10, type=int)
+    add("--pin_mem", action="store_true")
+    add("--no_pin_mem", action="store_false", dest="pin_mem")
+    p.set_defaults(pin_mem=True)
+    add("--world_size", default=1, type=int)
+    add("--local_rank", default=-1, type=int)
+    add("--dist_on_itp", action="store_true")
+    add("--dist_url", default="env://")
+    add("--save_recon", type=int, default=0, metavar="N",
+        help="after every epoch, write a PNG of N clips' reconstructions to <output_dir>/recon/ (ours)")
+    add("--demo", action="store_true", help="pretrain on the built-in synthetic videos (CPU friendly)")
+    return p
+
+
+def create_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The pretraining model as the original script builds it (the encoder depth only for 'no_depth' models), built
+    for --input_size (ours, as in fine-tuning)."""
+    kwargs = dict(pretrained=False, img_size=args.input_size, drop_path_rate=args.drop_path, drop_block_rate=None,
+                  decoder_depth=args.decoder_depth, num_frames=args.num_frames, attn_type=args.attn_type,
+                  lg_region_size=args.lg_region_size, lg_first_attn_type=args.lg_first_attn_type,
+                  lg_third_attn_type=args.lg_third_attn_type,
+                  lg_attn_param_sharing_first_third=args.lg_attn_param_sharing_first_third,
+                  lg_attn_param_sharing_all=args.lg_attn_param_sharing_all, lg_no_second=args.lg_no_second,
+                  lg_no_third=args.lg_no_third)
+    if "no_depth" in args.model and args.encoder_depth is not None:
+        kwargs["encoder_depth"] = args.encoder_depth
+    return timm.create_model(args.model, **kwargs)
+
+
+def create_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The original's optimizer: two groups, no weight decay for 1-D parameters, biases and the names in
+    model.no_weight_decay() (matched exactly), no layer decay."""
+    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                               eps=args.opt_eps, **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
+
+
+def fixed_samples(dataset, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` clips with their masks, drawn once under a fixed seed: the same pictures every epoch."""
+    np_state, py_state, torch_state = np.random.get_state(), random.getstate(), torch.get_rng_state()
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+    torch.set_rng_state(torch_state)
+    return torch.stack([v for v, _ in items]), torch.stack([m for _, m in items])
+
+
+def main(args: argparse.Namespace) -> None:
+    utils.keep_freed_memory()
+    utils.init_distributed_mode(args)
+    logging.basicConfig(level=logging.INFO if utils.is_main_process() else logging.WARNING, format="%(message)s")
+    device = torch.device(args.device)
+    if args.amp is None:
+        args.amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    seed = args.seed + utils.get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    if args.demo and utils.is_main_process() and not Path(args.data_path).exists():
+        from demo_data import make_demo_videos
+
+        make_demo_videos(Path(args.data_path).parent)
+    if args.distributed:
+        torch.distributed.barrier()
+
+    model = create_model(args)
+    patch_size = model.encoder.patch_embed.proj.kernel_size[1]
+    tubelet_size = model.encoder.patch_embed.proj.kernel_size[0]
+    args.window_size = (args.num_frames // tubelet_size, args.input_size // patch_size, args.input_size // patch_size)
+    args.patch_size = (patch_size, patch_size)
+    dataset = build_pretrain_dataset(args)
+    objective = engine_pretrain.Objective(
+        patch_size, tubelet_size, args.normlize_target,
+        args.frame_diff_group_size if args.use_frame_diff_as_target else None, args.target_diff_weight)
+    if args.target_diff_weight is not None and (not args.use_frame_diff_as_target or args.frame_diff_group_size != 2):
+        raise ValueError("--target_diff_weight needs --use_frame_diff_as_target with --frame_diff_group_size 2")
+    logging.info("%s; %d videos in %s", dataset.mask_generator, len(dataset), args.data_path)
+
+    sampler = torch.utils.data.DistributedSampler(dataset, utils.get_world_size(), utils.get_rank(), shuffle=True,
+                                                  seed=args.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers, drop_last=True,
+        pin_memory=args.pin_mem and device.type == "cuda", worker_init_fn=seed_worker,
+        persistent_workers=args.num_workers > 0)
+    model.to(device)
+    model_without_ddp = model
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logging.info("model %s: %d parameters", args.model, n_parameters)
+
+    total_batch_size = args.batch_size * utils.get_world_size()
+    scale = total_batch_size / 256
+    args.lr, args.min_lr, args.warmup_lr = args.lr * scale, args.min_lr * scale, args.warmup_lr * scale
+    optimizer = create_optimizer(args, model_without_ddp)
+    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+    steps_per_epoch = len(dataset) // total_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{args.data_path}: {len(dataset)} videos, fewer than one global batch "
+                         f"({total_batch_size} = batch_size x processes)")
+    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
+                                         warmup_steps=args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    args.output_dir = args.output_dir or "."
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    args.eval = False  # read by the checkpoint loader
+    utils.auto_load_model(args, model_without_ddp, optimizer, scaler)
+    if args.compile:
+        model = torch.compile(model)
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    log_writer = SummaryWriter(args.log_dir or args.output_dir) if utils.is_main_process() else None
+    recon_samples = None
+    if args.save_recon and utils.is_main_process():
+        recon_samples = fixed_samples(dataset, args.save_recon, args.seed)
+    logging.info("global batch %d, peak lr %.3g, %d steps per epoch, %d epochs", total_batch_size, args.lr,
+                 steps_per_epoch, args.epochs)
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        stats = engine_pretrain.train_one_epoch(
+            model, loader, optimizer, device, epoch, objective, scaler, args.amp, args.clip_grad, log_writer,
+            start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule, wd_schedule_values=wd_schedule,
+            num_samples=args.num_samples, last_checkpoint=args.resume or None)
+        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+            args.resume = str(utils.save_model(args, epoch, model_without_ddp, optimizer, scaler))
+        if utils.is_main_process():
+            with open(Path(args.output_dir) / "log.txt", "a") as f:
+                f.write(json.dumps({**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch,
+                                    "n_parameters": n_parameters}) + "\n")
+            logging.info("epoch %d: loss %.4f, lr %.3g", epoch, stats["loss"], stats["lr"])
+        if recon_samples is not None:
+            videos, masks = recon_samples
+            images = reconstruct(model_without_ddp, videos.to(device), masks.to(device), objective)
+            save_reconstruction_grid(images, Path(args.output_dir) / "recon" / f"epoch_{epoch:03d}.png",
+                                     title=f"{args.model}, epoch {epoch}, loss {stats['loss']:.4f}")
+    logging.info("training time %.0f s", time.time() - start)
+
+
+if __name__ == "__main__":
+    parser = get_args_parser()
+    args = parser.parse_args()
+    if args.demo:
+        parser.set_defaults(**DEMO_DEFAULTS)
+        args = parser.parse_args()
+    main(args)

@@ -1,0 +1,227 @@
+"""The pretraining entry script and epoch loop end to end on a few generated videos: train, log, checkpoint,
+resume, pictures, and the checkpoint initialising the fine-tune model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import engine_pretrain
+import run_class_finetuning as rcf
+import run_mae_pretraining as rmp
+import utils
+from demo_data import make_demo_videos
+from masking_generator import TubeWindowMaskingGenerator
+from reconstruction import reconstruct, save_reconstruction_grid
+
+
+@pytest.fixture(scope="module")
+def videos_root(tmp_path_factory):
+    return make_demo_videos(tmp_path_factory.mktemp("pretrain") / "videos", per_class=2, num_frames=16, size=32)
+
+
+def demo_args(root, output_dir, *extra: str):
+    """The --demo configuration shrunk to seconds: 32 px, depth 1, two epochs of two steps, no workers."""
+    parser = rmp.get_args_parser()
+    parser.set_defaults(**rmp.DEMO_DEFAULTS)
+    return parser.parse_args([
+        "--data_path", str(root / "info_clean.csv"), "--data_root", str(root), "--output_dir", str(output_dir),
+        "--input_size", "32", "--lg_region_size", "2", "1", "2", "--part_win_size", "2", "1", "2",
+        "--mask_ratio", "0.5", "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "2",
+        "--warmup_epochs", "1", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+        "--save_ckpt_freq", "1", "--save_recon", "2", *extra])
+
+
+def test_pretraining_runs_logs_checkpoints_and_resumes(videos_root, tmp_path):
+    rmp.main(demo_args(videos_root, tmp_path))
+    lines = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1]
+    for key in ("train_lr", "train_min_lr", "train_loss", "train_loss_scale", "train_weight_decay",
+                "train_grad_norm", "n_parameters"):
+        assert all(np.isfinite(line[key]) for line in lines), key
+    assert lines[0]["train_weight_decay"] == 0.05
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == ["checkpoint-0.pth", "checkpoint-1.pth"]
+    assert sorted(p.name for p in (tmp_path / "recon").iterdir()) == ["epoch_000.png", "epoch_001.png"]
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint-1.pth")
+    assert set(checkpoint) >= {"model", "optimizer", "epoch", "scaler", "args"} and checkpoint["epoch"] == 1
+
+    # A longer schedule in the same folder continues after the newest checkpoint.
+    rmp.main(demo_args(videos_root, tmp_path, "--epochs", "3"))
+    lines = [json.loads(line) for line in (tmp_path / "log.txt").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
+
+
+def test_pretrained_checkpoint_initialises_the_demo_fine_tune_model(videos_root, tmp_path):
+    rmp.main(demo_args(videos_root, tmp_path, "--epochs", "1"))
+    pretrained = utils.load_checkpoint(tmp_path / "checkpoint-0.pth")["model"]
+    parser = rcf.get_args_parser()
+    parser.set_defaults(**rcf.DEMO_DEFAULTS)
+    args = parser.parse_args(["--input_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2"])
+    model = rcf.create_model(args)
+    report = utils.load_pretrained(model, tmp_path / "checkpoint-0.pth")
+    assert report.mismatched == []
+    assert all(k.startswith("decoder.") or k in ("mask_token", "encoder_to_decoder.weight", "norm.weight",
+                                                  "norm.bias") for k in report.unexpected), report.unexpected
+    # (BatchNorm step counters of the CA branch are filled silently, as in the original.)
+    loaded = {k for k in model.state_dict() if k not in report.missing and not k.endswith("num_batches_tracked")}
+    assert {f"encoder.{k}" for k in loaded} | {"encoder.norm.weight", "encoder.norm.bias"} == \
+        {k for k in pretrained if k.startswith("encoder.")}
+    for key in loaded:
+        assert torch.equal(model.state_dict()[key], pretrained[f"encoder.{key}"]), key
+
+
+def test_optimizer_groups_follow_the_original_names(videos_root):
+    args = demo_args(videos_root, "unused")
+    model = rmp.create_model(args)
+    groups = rmp.create_optimizer(args, model).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert "mask_token" in no_decay and "encoder.lg_region_tokens" in decay  # exact-name matching, as the original
+    assert all(n.endswith(".bias") or model.get_parameter(n).ndim == 1 or n == "mask_token" for n in no_decay)
+    assert "encoder.patch_embed.proj.weight" in decay and len(decay) + len(no_decay) == len(names)
+    assert len(groups) == 2 and groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_normlize_target_reads_true_and_false():
+    parser = rmp.get_args_parser()
+    assert parser.parse_args([]).normlize_target is True
+    assert parser.parse_args(["--normlize_target", "False"]).normlize_target is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--normlize_target", "maybe"])
+
+
+class _Batch(torch.utils.data.Dataset):
+    def __init__(self, videos, masks, repeats):
+        self.videos, self.masks, self.repeats = videos, masks, repeats
+
+    def __len__(self):
+        return self.repeats
+
+    def __getitem__(self, i):
+        return self.videos, self.masks
+
+
+def tiny_model_and_batch():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    parser = rmp.get_args_parser()
+    parser.set_defaults(**rmp.DEMO_DEFAULTS)
+    args = parser.parse_args(["--input_size", "32", "--lg_region_size", "2", "1", "2", "--encoder_depth", "1",
+                              "--decoder_depth", "1"])
+    model = rmp.create_model(args)
+    generator = TubeWindowMaskingGenerator((8, 2, 2), 0.5, (1, 2))
+    videos = torch.randn(2, 3, 16, 32, 32)
+    masks = torch.from_numpy(np.stack([generator() for _ in range(2)]).astype(bool))
+    return model, videos, masks
+
+
+def test_loss_falls_when_fitting_one_batch():
+    model, videos, masks = tiny_model_and_batch()
+    loader = torch.utils.data.DataLoader(_Batch(videos, masks, 40), batch_size=None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    objective = engine_pretrain.Objective(16, 2, True, 2, None)
+    with torch.no_grad():
+        before = objective.loss(model(videos, masks), objective.targets(videos, masks)).item()
+    stats = engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 0, objective, None, "none")
+    with torch.no_grad():
+        after = objective.loss(model(videos, masks), objective.targets(videos, masks)).item()
+    assert after < 0.8 * before, (before, after)
+    assert stats["skipped_steps"] == 0 and np.isfinite(stats["grad_norm"])
+
+
+def test_non_finite_loss_names_the_step_and_the_last_checkpoint():
+    model, videos, masks = tiny_model_and_batch()
+    with torch.no_grad():
+        model.decoder.head.bias.fill_(float("nan"))
+    loader = torch.utils.data.DataLoader(_Batch(videos, masks, 2), batch_size=None)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(FloatingPointError, match=r"nan at epoch 3, step 0 .*global step 30.*checkpoint-2.pth"):
+        engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 3, engine_pretrain.Objective(),
+                                        None, "none", start_steps=30, last_checkpoint="out/checkpoint-2.pth")
+
+
+def test_repeated_sampling_splits_the_clip_and_repeats_its_mask():
+    videos = torch.arange(2 * 3 * 8).float().reshape(2, 3, 8, 1, 1).expand(-1, -1, -1, 4, 4)
+    mask = torch.tensor([[True, False], [False, True]])
+    clips, masks = engine_pretrain.split_samples(videos, mask, 2)
+    assert torch.equal(clips[1], videos[0, :, 4:]) and torch.equal(clips[2], videos[1, :, :4])
+    assert torch.equal(masks, mask.repeat_interleave(2, dim=0))
+
+
+class _Oracle(nn.Module):
+    """A 'model' that predicts the exact targets: its reconstruction must be the input."""
+
+    def __init__(self, objective):
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, videos, mask):
+        return self.objective.targets(videos, mask)
+
+
+@pytest.mark.parametrize("group", [None, 2, 4])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_perfect_predictions_reconstruct_the_input(group, normalize, tmp_path):
+    torch.manual_seed(0)
+    objective = engine_pretrain.Objective(8, 2, normalize, group, None)
+    pixels = torch.rand(2, 3, 8, 16, 16)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None, None]
+    videos = (pixels - mean) / torch.tensor([0.229, 0.224, 0.225])[:, None, None, None]
+    mask = torch.rand(2, 16) < 0.7
+    images = reconstruct(_Oracle(objective), videos, mask, objective)
+    np.testing.assert_allclose(images["input"], pixels.permute(0, 2, 3, 4, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(images["reconstruction"], images["input"], atol=1e-5)
+    assert images["input"].shape == (2, 8, 16, 16, 3)
+    masked_patches = (images["masked"] == 0.5).all(-1)
+    assert masked_patches.mean() == pytest.approx(mask.float().mean().item(), abs=0.02)
+    if group:
+        target, pred = images["diff_target"], images["diff_prediction"]
+        assert not target[:, ::group].any() and target[:, 1].any()
+        on_masked = masked_patches.all(1)[:, None]  # the mask is the same for the frames of a tubelet
+        np.testing.assert_allclose(pred * on_masked, target * on_masked, atol=1e-5)
+    path = save_reconstruction_grid(images, tmp_path / "grid.png", title="oracle")
+    assert path.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_voxceleb2_launcher_runs_the_original_recipe(tmp_path):
+    """The launcher as written (torchrun, full-width model, 160 px, part-window 0.9) on a laid-out VoxCeleb2 tree;
+    the extra flags only shrink the run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+
+    root = Path(__file__).resolve().parents[1]
+    rng = np.random.default_rng(0)
+    lines = []
+    for speaker in range(2):
+        video = tmp_path / "voxceleb2" / "dev" / "mp4" / f"id0000{speaker}" / "abc" / "00001.mp4"
+        video.parent.mkdir(parents=True)
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (224, 224))
+        for _ in range(40):
+            writer.write(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+        writer.release()
+        lines.append(f"{video} 0\n")
+    video_list = tmp_path / "voxceleb2" / "info_clean.csv"
+    video_list.write_text("".join(lines))
+    env = {**os.environ, "NPROC_PER_NODE": "1", "OUTPUT_DIR": str(tmp_path / "out"), "DATA_PATH": str(video_list),
+           "MASTER_PORT": "29517", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    script = root / "scripts/voxceleb2/pretrain_local_global_attn_depth16_region_size2510_with_diff_target_102.sh"
+    run = subprocess.run(["bash", str(script), "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "1",
+                          "--batch_size", "2", "--num_workers", "0", "--device", "cpu"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (line,) = (tmp_path / "out" / "log.txt").read_text().splitlines()
+    assert np.isfinite(json.loads(line)["train_loss"])
+    checkpoint = utils.load_checkpoint(tmp_path / "out" / "checkpoint-0.pth")
+    assert checkpoint["args"].mask_type == "part_window" and checkpoint["args"].use_frame_diff_as_target
+    assert "part-window mask: 5 visible of 50 per window" in (tmp_path / "out" / "nohup.out").read_text()
