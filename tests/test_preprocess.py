@@ -28,7 +28,7 @@ def write_video(path: Path, n: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (32, 32))
     for t in range(n):
-        writer.write(np.full((32, 32, 3), 10 * t, np.uint8))
+        writer.write(np.full((32, 32, 3), 3 * t % 256, np.uint8))
     writer.release()
     return path
 
