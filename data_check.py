@@ -85,7 +85,7 @@ class Report:
 
     def format(self) -> str:
         """The readable report: every problem (errors first), their counts, then one table row per list."""
-        lines = [str(p) for p in sorted(self.problems, key=lambda p: p.severity != ERROR)]
+        lines = [str(p) for p in sorted(self.problems, key=_order)]
         if self.problems:
             counts = Counter((p.severity, p.kind) for p in self.problems)
             lines.append("problems: " + ", ".join(f"{n} {kind} ({sev})" for (sev, kind), n in sorted(counts.items())))
@@ -122,6 +122,13 @@ class Report:
     def _name(self, label: int) -> str:
         names = self.class_names
         return names[label] if names is not None and 0 <= label < len(names) else str(label)
+
+
+def _order(problem: Problem) -> tuple:
+    """Errors first, then by file and line number."""
+    file, _, line = problem.where.rpartition(":")
+    return (problem.severity != ERROR, file, int(line)) if line.isdigit() else \
+        (problem.severity != ERROR, problem.where, 0)
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -389,6 +396,6 @@ def check_lists(csv_paths: Iterable[str | os.PathLike], nb_classes: int | None,
     errors = report.errors
     if errors:
         raise DataCheckError(f"{len(errors)} errors in the annotation lists (python -m preprocess.check for a full "
-                             "report):\n" + "\n".join(map(str, errors)))
+                             "report):\n" + "\n".join(map(str, sorted(errors, key=_order))))
     return report
 

@@ -113,7 +113,7 @@ def test_fast_check_raises_with_every_error_and_opens_nothing(planted):
     with pytest.raises(DataCheckError) as err:
         check_lists([planted / "split01" / "train.csv", planted / "split01" / "test.csv"], 7, str(planted))
     listed = [line.split(": error")[0].rsplit("/", 1)[-1] for line in str(err.value).splitlines()[1:]]
-    assert listed == ["train.csv:8", "train.csv:9", "train.csv:10", "train.csv:12", "train.csv:13", "train.csv:2"]
+    assert listed == ["train.csv:2", "train.csv:8", "train.csv:9", "train.csv:10", "train.csv:12", "train.csv:13"]
     # Unlabelled (pretraining) lists: any integer label.
     (planted / "vox.csv").write_text(f"{planted}/video.mp4 0\n{planted}/good 12\n")
     assert check_lists([planted / "vox.csv"], None).errors == []
