@@ -357,6 +357,12 @@ def check_annotations(csv_paths: Iterable[str | os.PathLike], nb_classes: int | 
     for csv in map(str, csv_paths):
         lists[csv], files[csv] = _parse(csv, nb_classes, data_root, problems)
         _check_duplicates(lists[csv], problems)
+        absent = [] if nb_classes is None or not lists[csv] else \
+            [c for c in range(nb_classes) if not files[csv].labels[c]]
+        if absent:
+            names = [class_names[c] if class_names else str(c) for c in absent]
+            problems.append(Problem(WARNING, "class", csv, f"no clips of class {', '.join(names)}: its recall (UAR) "
+                                    "is undefined here, or it is never learned"))
     _check_splits(lists, problems)
 
     first: dict[str, _Line] = {}

@@ -63,7 +63,7 @@ EXPECTED = {
     ("error", "video", "split01/train.csv:7"), ("error", "label", "split01/train.csv:8"),
     ("error", "label", "split01/train.csv:9"), ("error", "malformed", "split01/train.csv:10"),
     ("warning", "blank", "split01/train.csv:11"), ("error", "duplicate", "split01/train.csv:12"),
-    ("error", "overlap", "split01/train.csv:13")}
+    ("error", "overlap", "split01/train.csv:13"), ("warning", "class", "split01/test.csv")}
 
 
 def test_every_planted_problem_is_reported_at_its_line(planted):
@@ -90,7 +90,7 @@ def test_folds_that_do_not_partition_the_data(tmp_path):
         (tmp_path / fold).mkdir()
         (tmp_path / fold / "train.csv").write_text("".join(f"{c} 0\n" for c in train))
         (tmp_path / fold / "test.csv").write_text("".join(f"{c} 0\n" for c in test))
-    report = check_annotations(sorted(tmp_path.glob("split*/*.csv")), 2, str(tmp_path), deep=False)
+    report = check_annotations(sorted(tmp_path.glob("split*/*.csv")), 1, str(tmp_path), deep=False)
     messages = {p.where.removeprefix(str(tmp_path)): p.message.replace(str(tmp_path), "") for p in report.problems}
     assert messages == {
         "/split02/test.csv:1": "b is in two test folds (also /split01/test.csv:2)",
@@ -105,7 +105,7 @@ def test_a_clip_with_two_labels_in_two_lists(tmp_path):
     (tmp_path / "train.csv").write_text("a 1\n")
     (tmp_path / "val.csv").write_text("a 2\n")
     report = check_annotations([tmp_path / "train.csv", tmp_path / "val.csv"], 3, str(tmp_path))
-    assert {(p.kind, p.where.rsplit("/", 1)[1]) for p in report.problems} == {("label", "val.csv:1"),
+    assert {(p.kind, p.where.rsplit("/", 1)[1]) for p in report.errors} == {("label", "val.csv:1"),
                                                                              ("overlap", "train.csv:1")}
 
 
