@@ -48,7 +48,7 @@ class Problem:
 
 @dataclass
 class ClipInfo:
-    """What the full check learned about one path: frame count, image sizes and its problems (kind, message)."""
+    """What the full check learned about one path: frame count, image sizes and its problems."""
 
     frames: int | None = None
     sizes: tuple[tuple[int, int], ...] = ()
@@ -96,8 +96,7 @@ class Report:
 
     def _rows(self) -> list[list[str]]:
         """Header and one row per list: entries, clips per class, frames per clip, most common image size."""
-        names = [csv for csv in self.files]
-        base = os.path.commonpath([os.path.dirname(os.path.abspath(n)) for n in names]) if names else ""
+        base = os.path.commonpath([os.path.dirname(os.path.abspath(csv)) for csv in self.files]) if self.files else ""
         histograms = {csv: self._histogram(s) for csv, s in self.files.items()}
         classes = list(dict.fromkeys(name for h in histograms.values() for name in h))
         rows = [["list", "entries", *classes, "frames min/median/max", "image size"]]
@@ -242,7 +241,7 @@ class _Line:
 def _parse(csv_path: str, nb_classes: int | None, data_root: str | None,
            problems: list[Problem]) -> tuple[list[_Line], FileSummary]:
     """Every well-formed line of one list; every other line becomes a problem (nothing stops at the first one)."""
-    summary = FileSummary()
+    summary, before = FileSummary(), len(problems)
     try:
         with open(csv_path, encoding="utf-8", newline="") as f:
             text = f.read()
@@ -254,7 +253,7 @@ def _parse(csv_path: str, nb_classes: int | None, data_root: str | None,
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         where = f"{csv_path}:{number}"
-        if not line.strip():
+        if not line:  # as read_annotations: skipped; a line of spaces is malformed
             problems.append(Problem(WARNING, "blank", where, "blank line (the loader skips it)"))
             continue
         try:
@@ -267,7 +266,7 @@ def _parse(csv_path: str, nb_classes: int | None, data_root: str | None,
         rows.append(_Line(Annotation(clip_id, path, label, where), csv_path, number))
         summary.entries += 1
         summary.labels[label] += 1
-    if not rows and not any(p.where.startswith(csv_path) and p.severity == ERROR for p in problems):
+    if not rows and not any(p.severity == ERROR for p in problems[before:]):
         problems.append(Problem(ERROR, "empty_list", csv_path, "no entries"))
     return rows, summary
 

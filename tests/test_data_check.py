@@ -150,3 +150,15 @@ def test_fine_tuning_stops_on_a_bad_list_naming_file_and_line(tmp_path):
     with pytest.raises(SystemExit, match=r"train\.csv:2"):
         check_data(args)
     check_data(argparse.Namespace(**{**vars(args), "eval": True}))  # --eval reads test.csv only
+
+
+def test_list_level_problems(tmp_path):
+    frames(tmp_path / "a", 64)
+    (tmp_path / "crlf.csv").write_bytes(b"a 0\r\n")
+    (tmp_path / "spaces.csv").write_text("a 0\n   \n")
+    (tmp_path / "empty.csv").write_text("\n")
+    report = check_annotations([tmp_path / n for n in ("crlf.csv", "spaces.csv", "empty.csv", "gone.csv")], 1,
+                               str(tmp_path))
+    assert {(p.severity, p.kind, p.where.rsplit("/", 1)[1]) for p in report.problems} == {
+        ("warning", "format", "crlf.csv"), ("error", "malformed", "spaces.csv:2"), ("warning", "blank", "empty.csv:1"),
+        ("error", "empty_list", "empty.csv"), ("error", "file", "gone.csv")}
