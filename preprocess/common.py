@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
 from data_check import check_annotations
@@ -26,7 +26,7 @@ DATASET_DIRS: dict[str, str | None] = {"ferv39k": "FERV39k", "dfew": "DFEW", "ma
 def parser(description: str, out: str, folds: int = 0, sampling_rate: int = 4) -> argparse.ArgumentParser:
     """The common flags: --root, --out (default saved/data/<out>), --relative, --fold k (if folds), check flags."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--root", required=True, type=Path, help="the dataset as distributed (layout: spec/data.md)")
+    p.add_argument("--root", required=True, type=Path, help="the dataset as distributed (layouts: README)")
     p.add_argument("--out", type=Path, default=SAVED / out, help="output folder (default: %(default)s)")
     p.add_argument("--relative", action="store_true", help="write paths relative to --root (loader: --data_root)")
     if folds:
@@ -36,6 +36,14 @@ def parser(description: str, out: str, folds: int = 0, sampling_rate: int = 4) -
     p.add_argument("--num_frames", type=int, default=16, help="clip length the check measures against")
     p.add_argument("--sampling_rate", type=int, default=sampling_rate, help="as fine-tuning's (check only)")
     return p
+
+
+def cli(main: Callable[[], None]) -> None:
+    """Run a script's main: a bad tree or split file ends it with its message (file and line), not a traceback."""
+    try:
+        main()
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
 
 
 def absolute(root: Path) -> Path:
@@ -86,6 +94,8 @@ def write_group_folds(args: argparse.Namespace, clips: Sequence[tuple[str, int, 
                       test_groups: Sequence[Collection[int]]) -> list[Path]:
     """Subject-independent folds: fold k tests the clips (path, label, group) whose group is in test_groups[k-1]
     and trains on all the others."""
+    if not clips:
+        raise ValueError(f"{args.root}: no clip folders found (--root is the folder that holds face_aligned/)")
     written = []
     for k in selected_folds(args, len(test_groups)):
         test = test_groups[k - 1]

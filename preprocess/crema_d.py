@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from datasets import DATASETS
-from preprocess.common import absolute, entry_path, finish, label_of, parser, report_skipped, write_group_folds
+from preprocess.common import absolute, cli, entry_path, finish, label_of, parser, report_skipped, write_group_folds
 
 TEST_ACTORS = [range(1001, 1019), range(1019, 1037), range(1037, 1055), range(1055, 1073), range(1073, 1092)]
 NAME = re.compile(r"^(\d{4})_[A-Z0-9]+_([A-Z]{3})_[A-Z0-9]+$")
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -12,7 +12,7 @@ import csv
 import shutil
 from pathlib import Path
 
-from preprocess.common import absolute, entry_path, finish, fold_dir, parser, selected_folds, write_list
+from preprocess.common import absolute, cli, entry_path, finish, fold_dir, parser, selected_folds, write_list
 
 # The originals read jpg_256: the official jpg_224 folder renamed (its images are 256x256; spec/data.md §2.1).
 FRAME_DIRS = ("jpg_256", "jpg_224")
@@ -63,4 +63,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

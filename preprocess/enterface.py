@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from datasets import DATASETS
-from preprocess.common import absolute, entry_path, finish, label_of, parser, report_skipped, write_group_folds
+from preprocess.common import absolute, cli, entry_path, finish, label_of, parser, report_skipped, write_group_folds
 
 TEST_SUBJECTS = [range(1, 11), range(11, 20), range(20, 29), range(29, 38), range(38, 45)]
 SUBJECT = re.compile(r"^subject_(\d+)$")
@@ -44,4 +44,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import DATASETS
-from preprocess.common import absolute, entry_path, finish, label_of, parser, write_list
+from preprocess.common import absolute, cli, entry_path, finish, label_of, parser, write_list
 
 SPLITS = {"train.csv": "train_All.csv", "test.csv": "test_All.csv"}
 
@@ -41,4 +41,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import DATASETS
-from preprocess.common import absolute, entry_path, finish, fold_dir, label_of, parser, selected_folds, write_list
+from preprocess.common import absolute, cli, entry_path, finish, fold_dir, label_of, parser, selected_folds, write_list
 
 
 def read_split(path: Path, root: Path, relative: bool) -> list[tuple[str, int]]:
@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

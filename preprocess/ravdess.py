@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from preprocess.common import absolute, entry_path, finish, parser, report_skipped, write_group_folds
+from preprocess.common import absolute, cli, entry_path, finish, parser, report_skipped, write_group_folds
 
 TEST_ACTORS = [range(4 * k + 1, 4 * k + 5) for k in range(6)]
 NAME = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-\d{2}-\d{2}-\d{2}-(\d{2})$")
@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -14,7 +14,7 @@ from multiprocessing import Pool
 
 from tqdm import tqdm
 
-from preprocess.common import absolute, entry_path, finish, parser, write_list
+from preprocess.common import absolute, cli, entry_path, finish, parser, write_list
 
 
 def probe(path: str) -> str | None:
@@ -48,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
