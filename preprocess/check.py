@@ -46,6 +46,8 @@ def infer_dataset(paths: list[Path]) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     data_set = args.data_set or infer_dataset(args.csv)
+    if data_set and not args.data_set:
+        print(f"dataset {data_set}, from the lists' path (--data_set to override)", file=sys.stderr)
     info = DATASETS.get(data_set) if data_set else None
     nb_classes = args.nb_classes or (len(info.classes) if info else None)
     if nb_classes is None:
