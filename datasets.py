@@ -67,6 +67,21 @@ class Annotation(NamedTuple):
     source: str  # "<csv>:<line>", for error messages
 
 
+def parse_line(line: str, nb_classes: int | None) -> tuple[str, int]:
+    """(path, label) of one annotation line; ValueError says what is wrong. nb_classes None: any integer label."""
+    parts = line.split(" ")
+    if len(parts) != 2 or not parts[0]:
+        raise ValueError(f"expected '<path> <label>' separated by one space, got {line!r}")
+    clip_id, label_text = parts
+    try:
+        label = int(label_text)
+    except ValueError:
+        raise ValueError(f"label {label_text!r} is not an integer") from None
+    if nb_classes is not None and not 0 <= label < nb_classes:
+        raise ValueError(f"label {label} is outside 0..{nb_classes - 1}")
+    return clip_id, label
+
+
 def read_annotations(csv_path: str | os.PathLike, nb_classes: int | None,
                      data_root: str | None = None) -> list[Annotation]:
     """Parse `<path> <label>` lines (one space, no header); relative paths are resolved against data_root.
@@ -81,16 +96,10 @@ def read_annotations(csv_path: str | os.PathLike, nb_classes: int | None,
         if not line:  # blank lines are skipped, as pandas does
             continue
         where = f"{csv_path}:{number}"
-        parts = line.split(" ")
-        if len(parts) != 2 or not parts[0]:
-            raise ValueError(f"{where}: expected '<path> <label>' separated by one space, got {line!r}")
-        clip_id, label_text = parts
         try:
-            label = int(label_text)
-        except ValueError:
-            raise ValueError(f"{where}: label {label_text!r} is not an integer") from None
-        if nb_classes is not None and not 0 <= label < nb_classes:
-            raise ValueError(f"{where}: label {label} is outside 0..{nb_classes - 1}")
+            clip_id, label = parse_line(line, nb_classes)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
         path = os.path.join(data_root, clip_id) if data_root is not None else clip_id
         entries.append(Annotation(clip_id, path, label, where))
     if not entries:

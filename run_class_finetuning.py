@@ -26,6 +26,7 @@ from timm.utils import ModelEmaV3
 import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
 import utils
+from data_check import DataCheckError, check_lists
 from datasets import DATASETS, build_dataset, seed_worker
 from metrics import format_summary, write_test_report
 
@@ -197,6 +198,17 @@ def final_test(args, model, data_loader, device, epoch, header: str | None) -> d
                              checkpoint=args.resume or args.finetune or None, epoch=epoch)
 
 
+def check_data(args: argparse.Namespace) -> None:
+    """The fast data check (data_check.py) of the lists this run reads: a bad list stops it now, with file and line."""
+    names = ["test.csv"]
+    if not args.eval:
+        names += ["train.csv"] + ([] if args.disable_eval_during_finetuning else [DATASETS[args.data_set].val_file])
+    try:
+        check_lists([Path(args.data_path) / name for name in dict.fromkeys(names)], args.nb_classes, args.data_root)
+    except DataCheckError as err:
+        raise SystemExit(str(err)) from None
+
+
 def main(args: argparse.Namespace) -> None:
     utils.keep_freed_memory()
     utils.init_distributed_mode(args)
@@ -215,6 +227,7 @@ def main(args: argparse.Namespace) -> None:
     if args.distributed:
         torch.distributed.barrier()
 
+    check_data(args)
     dataset_test, args.nb_classes = build_dataset(is_train=False, test_mode=True, args=args)
     dataset_train = None if args.eval else build_dataset(is_train=True, test_mode=False, args=args)[0]
     dataset_val = None

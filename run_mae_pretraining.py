@@ -23,6 +23,7 @@ from timm.optim import create_optimizer_v2
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
 import utils
+from data_check import DataCheckError, check_lists
 from datasets import seed_worker
 from datasets_pretrain import build_pretrain_dataset
 from reconstruction import reconstruct, save_reconstruction_grid
@@ -182,6 +183,10 @@ def main(args: argparse.Namespace) -> None:
     tubelet_size = model.encoder.patch_embed.proj.kernel_size[0]
     args.window_size = (args.num_frames // tubelet_size, args.input_size // patch_size, args.input_size // patch_size)
     args.patch_size = (patch_size, patch_size)
+    try:  # every listed video exists and every line parses: a bad list stops the run now, with file and line
+        check_lists([args.data_path], None, args.data_root)
+    except DataCheckError as err:
+        raise SystemExit(str(err)) from None
     dataset = build_pretrain_dataset(args)
     objective = engine_pretrain.Objective(
         patch_size, tubelet_size, args.normlize_target,

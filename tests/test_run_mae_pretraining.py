@@ -56,6 +56,15 @@ def test_pretraining_runs_logs_checkpoints_and_resumes(videos_root, tmp_path):
     assert [line["epoch"] for line in lines] == [0, 1, 2]
 
 
+def test_a_missing_video_stops_the_run_before_training(videos_root, tmp_path):
+    bad_list = tmp_path / "info_clean.csv"
+    bad_list.write_text((videos_root / "info_clean.csv").read_text() + "videos/missing.mp4 0\n")
+    args = demo_args(videos_root, tmp_path / "out", "--data_path", str(bad_list))
+    with pytest.raises(SystemExit, match=r"info_clean.csv:11.*missing.mp4"):
+        rmp.main(args)
+    assert not (tmp_path / "out" / "log.txt").exists()
+
+
 def test_pretrained_checkpoint_initialises_the_demo_fine_tune_model(videos_root, tmp_path):
     rmp.main(demo_args(videos_root, tmp_path, "--epochs", "1"))
     pretrained = utils.load_checkpoint(tmp_path / "checkpoint-0.pth")["model"]

@@ -1,0 +1,1 @@
+"""Data preparation: one script per dataset (`python -m preprocess.<dataset> --root ...`), the check and re-rooting."""
