@@ -69,8 +69,8 @@ def reconstruct(model: nn.Module, videos: torch.Tensor, mask: torch.Tensor, obje
     return {k: (v.permute(0, 2, 3, 4, 1) if v.dim() == 5 else v).numpy() for k, v in out.items()}
 
 
-ROWS = (("input", "input"), ("masked", "masked input"), ("reconstruction", "reconstruction"),
-        ("diff_target", "frame difference: target"), ("diff_prediction", "frame difference: prediction"))
+ROWS = (("input", "input"), ("masked", "masked input"), ("reconstruction", "reconstructed"),
+        ("diff_target", "difference: target"), ("diff_prediction", "difference: predicted"))
 
 
 def save_reconstruction_grid(images: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
@@ -79,8 +79,8 @@ def save_reconstruction_grid(images: dict[str, np.ndarray], path: str | Path, ti
     rows = [(key, label) for key, label in ROWS if key in images]
     num_clips, num_frames = images["input"].shape[:2]
     fig, axes = plt.subplots(num_clips * len(rows), num_frames, squeeze=False,
-                             figsize=(0.9 * num_frames + 1.6, 0.9 * num_clips * len(rows) + 0.5))
-    fig.subplots_adjust(left=1.5 / (0.9 * num_frames + 1.6), right=0.995, bottom=0.005, wspace=0.04, hspace=0.04,
+                             figsize=(0.9 * num_frames + 2.0, 0.9 * num_clips * len(rows) + 0.5))
+    fig.subplots_adjust(left=1.9 / (0.9 * num_frames + 2.0), right=0.995, bottom=0.005, wspace=0.04, hspace=0.04,
                         top=1 - 0.4 / (0.9 * num_clips * len(rows) + 0.5))
     for clip in range(num_clips):
         limit = 1.0

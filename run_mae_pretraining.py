@@ -99,6 +99,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--num_samples", type=int, default=1, help="clips per video read (repeated sampling)")
     # Targets
     add("--use_frame_diff_as_target", action="store_true")
+    add("--no_use_frame_diff_as_target", action="store_false", dest="use_frame_diff_as_target",
+        help="pixels only (ours: turns the demo's frame-difference target off)")
     add("--frame_diff_group_size", type=int, default=2)
     add("--target_diff_weight", type=float, default=None)
     # Run
