@@ -142,3 +142,99 @@ def sys_argv_of(args: argparse.Namespace) -> list[str]:
     return ["--demo", "--data_path", args.data_path, "--data_root", args.data_root, "--input_size", "32",
             "--short_side_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--batch_size", "4",
             "--num_workers", "0", "--device", "cpu", "--fusion", args.fusion]
+
+
+# --- resume, bad runs --------------------------------------------------------------------------------------------
+
+class Interrupted(Exception):
+    """Stands in for a kill: raised from the loss at a chosen training step."""
+
+
+def loss_failing_at(monkeypatch, call: int, failure):
+    """Make the demo's loss (label smoothing) call `failure()` at its `call`-th use (1-based)."""
+    calls = []
+
+    class Loss(rcf.LabelSmoothingCrossEntropy):
+        def forward(self, x, target):
+            calls.append(1)
+            return failure(super().forward(x, target)) if len(calls) == call else super().forward(x, target)
+
+    monkeypatch.setattr(rcf, "LabelSmoothingCrossEntropy", Loss)
+
+
+def resume_flags(*extra: str) -> tuple[str, ...]:
+    """Two epochs of 5 steps, a checkpoint every 2 steps and every epoch, drop path (an RNG the model draws from).
+    Validation, whose clips are random too, is left to the slow SIGKILL test."""
+    return ("--save_every_steps", "2", "--save_ckpt_freq", "1", "--drop_path", "0.1",
+            "--disable_eval_during_finetuning", *extra)
+
+
+def weights_of(path) -> dict:
+    checkpoint = utils.load_checkpoint(path)
+    return {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"]["state"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    rcf.main(demo_args(demo_root, out, *resume_flags()))
+    return out
+
+
+def assert_same_run(a, b):
+    """Bit-identical final weights and optimizer state, predictions and metrics."""
+    wa, wb = weights_of(a / "checkpoint-1.pth"), weights_of(b / "checkpoint-1.pth")
+    assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
+    assert all(torch.equal(x, y) for k in wa["optimizer"] for x, y in zip(wa["optimizer"][k].values(),
+                                                                            wb["optimizer"][k].values()))
+    assert (a / "pred.csv").read_text() == (b / "pred.csv").read_text()
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma == mb
+
+
+def test_resume_mid_epoch_equals_the_uninterrupted_run(demo_root, uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def interrupt(loss):
+        raise Interrupted
+
+    loss_failing_at(monkeypatch, 8, interrupt)  # epoch 1, step 3 (5 steps an epoch): checkpoint at global step 6
+    with pytest.raises(Interrupted):
+        rcf.main(demo_args(demo_root, out, *resume_flags()))
+    last = utils.load_checkpoint(out / "checkpoint-last.pth")
+    assert (last["epoch"], last["step"]) == (1, 1) and len(last["rng"]) == 1
+    monkeypatch.undo()
+    rcf.main(demo_args(demo_root, out, *resume_flags()))
+    assert_same_run(uninterrupted, out)
+    epochs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines() if line.startswith("{")]
+    reference = [json.loads(line) for line in (uninterrupted / "log.txt").read_text().splitlines()
+                 if line.startswith("{")]
+    assert epochs == reference  # the epoch averages too: the interrupted epoch's meters were in the checkpoint
+
+
+def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(demo_root, tmp_path, monkeypatch):
+    loss_failing_at(monkeypatch, 4, lambda loss: loss * float("nan"))
+    with pytest.raises(rcf.engine.NonFiniteLossError) as err:
+        rcf.main(demo_args(demo_root, tmp_path, "--save_every_steps", "1"))
+    assert "epoch 0, step 3" in str(err.value) and f"last good checkpoint: {tmp_path / 'checkpoint-last.pth'}" in str(
+        err.value)
+    assert utils.load_checkpoint(tmp_path / "checkpoint-last.pth")["step"] == 3
+
+
+def test_unreadable_training_clip_beyond_max_bad_samples_fails_naming_it(demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    broken = data / (data / "train.csv").read_text().split()[0]
+    frame = sorted(broken.iterdir())[3]
+    frame.write_bytes(b"not a jpeg")
+    args = demo_args(data, tmp_path / "run", "--max_bad_samples", "0", "--disable_eval_during_finetuning")
+    args.data_root = str(data)
+    with pytest.raises(rcf.TooManyBadSamplesError, match=rf"1 unreadable samples.*\n.*{frame.name}"):
+        rcf.main(args)
+
+
+def test_output_dir_of_a_previous_run_is_not_overwritten(demo_root, tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="holds a previous run"):
+        rcf.main(demo_args(demo_root, tmp_path, "--no_auto_resume"))
+    assert (tmp_path / "metrics.json").read_text() == "{}"
