@@ -238,3 +238,143 @@ def test_output_dir_of_a_previous_run_is_not_overwritten(demo_root, tmp_path):
     with pytest.raises(FileExistsError, match="holds a previous run"):
         rcf.main(demo_args(demo_root, tmp_path, "--no_auto_resume"))
     assert (tmp_path / "metrics.json").read_text() == "{}"
+
+
+# A run of run_class_finetuning.py that SIGKILLs itself half-way through its KILL_AT_SAVE-th torch.save (a torn
+# temporary file is left behind, as a kill during a checkpoint write leaves it).
+KILL_DRIVER = """
+import io, os, signal, sys
+import torch
+sys.path.insert(0, os.environ["REPO"])
+import run_class_finetuning as rcf
+
+kill_at, calls, real_save = int(os.environ.get("KILL_AT_SAVE", 0)), [], torch.save
+
+def save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == kill_at:
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save
+parser = rcf.get_args_parser()
+parser.set_defaults(**rcf.DEMO_DEFAULTS)
+rcf.main(parser.parse_args())
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(demo_root, tmp_path):
+    """SIGKILL (during a checkpoint write, then at random times), resume each time: bit-identical end result."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(KILL_DRIVER)
+    repo = str(Path(rcf.__file__).parent)
+    flags = [*sys_argv_of(demo_args(demo_root, tmp_path, "--fusion", "none"))[1:], "--epochs", "3",
+             "--warmup_epochs", "1", "--num_workers", "1", "--save_every_steps", "2", "--keep_last_ckpts", "1",
+             "--save_ckpt_freq", "1", "--drop_path", "0.1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": repo}
+
+    def launch(out: Path, kill_at_save: int = 0) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(driver), *flags, "--output_dir", str(out)],
+                                env={**env, "KILL_AT_SAVE": str(kill_at_save)}, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    reference = launch(tmp_path / "reference")
+    start = time.time()
+    _, err = reference.communicate(timeout=900)
+    assert reference.returncode == 0, err[-3000:]
+    duration = time.time() - start
+
+    out = tmp_path / "killed"
+    # 1: killed half-way through its 6th checkpoint write (epoch 0: checkpoint-last.pth after steps 2 and 4,
+    # checkpoint-best.pth, checkpoint-0.pth; epoch 1: after its steps 1 and 3): a torn .tmp stays behind.
+    run = launch(out, kill_at_save=6)
+    run.wait(timeout=900)
+    assert run.returncode == -signal.SIGKILL and (out / "checkpoint-last.pth.tmp").is_file()
+    # 2: a torn checkpoint-last.pth itself (as a non-atomic copy would leave it): auto-resume must skip it.
+    torn = (out / "checkpoint-last.pth").read_bytes()
+    (out / "checkpoint-last.pth").unlink()
+    (out / "checkpoint-last.pth").write_bytes(torn[: len(torn) // 3])
+    # 3: SIGKILL at random times, resuming each time, until a run finishes.
+    rng = random.Random(7)
+    logs, kills = [], 0
+    while True:
+        run = launch(out)
+        if kills < 3:
+            try:
+                run.wait(timeout=rng.uniform(0.3, 0.9) * duration)
+            except subprocess.TimeoutExpired:
+                run.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = run.communicate(timeout=900)
+        logs.append(err)
+        if run.returncode == 0:
+            break
+        assert run.returncode == -signal.SIGKILL, err[-3000:]
+    assert "skipping an incomplete checkpoint" in logs[0] and "checkpoint-last.pth" in logs[0]
+    assert kills >= 1
+    for name in ("checkpoint-2.pth", "checkpoint-last.pth"):
+        a, b = weights_of(tmp_path / "reference" / name), weights_of(out / name)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert all(torch.equal(x, y) for k in a["optimizer"] for x, y in zip(a["optimizer"][k].values(),
+                                                                            b["optimizer"][k].values()))
+    assert (tmp_path / "reference" / "pred.csv").read_text() == (out / "pred.csv").read_text()
+    assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
+        (out / "metrics.json").read_text())
+    assert not (out / "checkpoint-0.pth").exists() and not (out / "checkpoint-1.pth").exists()  # keep_last 1
+
+
+# Under torchrun: fine-tune, then save this rank's parameters for the test to compare.
+DDP_DRIVER = """
+import os, sys
+import torch
+sys.path.insert(0, os.environ["REPO"])
+import run_class_finetuning as rcf
+
+parser = rcf.get_args_parser()
+parser.set_defaults(**rcf.DEMO_DEFAULTS)
+args = parser.parse_args()
+model = rcf.main(args)
+torch.save(model.state_dict(), os.path.join(args.output_dir, f"params-rank{os.environ['RANK']}.pt"))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
+    """torchrun, 2 CPU processes (gloo): an epoch trains and every rank ends with the checkpoint's parameters."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    flags = [*sys_argv_of(demo_args(demo_root, tmp_path, "--fusion", "add"))[1:], "--epochs", "1", "--warmup_epochs",
+             "0", "--batch_size", "2", "--disable_eval_during_finetuning"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(Path(rcf.__file__).parent),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["torchrun", "--nproc_per_node", "2", str(driver), *flags, "--output_dir",
+                          str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "o" / f"params-rank{r}.pt") for r in (0, 1)]
+    saved = utils.load_checkpoint(tmp_path / "o" / "checkpoint-0.pth")
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]) and torch.equal(value, saved["model"][key]), key
+    # 20 clips, global batch 2 x 2 processes: 5 optimizer steps.
+    assert {int(state["step"]) for state in saved["optimizer"]["state"].values()} == {5}
+    assert len(saved["rng"]) == 2  # each rank's RNG states, for a bit-exact resume with the same world size
+    assert saved["args"].world_size == 2 and "global batch 4" in run.stdout + run.stderr
+    log = [json.loads(line) for line in (tmp_path / "o" / "log.txt").read_text().splitlines() if line.startswith("{")]
+    assert [e["epoch"] for e in log] == [0]  # rank 0 alone writes the log
