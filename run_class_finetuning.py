@@ -303,6 +303,11 @@ def main(args: argparse.Namespace) -> torch.nn.Module:
 
     # Resume where the checkpoint left off: best metric, unreadable clips met, epoch averages, then every RNG.
     best, start_step = resumed.get("best_metric", -float("inf")), getattr(args, "start_step", 0)
+    before = resumed.get("args")
+    if start_step and (before.batch_size, before.update_freq, before.world_size) != (
+            args.batch_size, args.update_freq, args.world_size):
+        raise utils.CheckpointError(f"{args.resume} stopped mid-epoch with batch {before.batch_size} x update_freq "
+                                    f"{before.update_freq} x {before.world_size} processes: resume it with the same")
     bad_samples = BadSampleLog(args.max_bad_samples, resumed.get("bad_samples"))
     meters = engine.new_meters(resumed.get("train_meters") if start_step else None)
     if args.start_epoch >= args.epochs:

@@ -85,6 +85,11 @@ def test_auto_resume_continues_from_the_last_checkpoint(demo_root, tmp_path):
     epochs = [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()
               if line.startswith("{\"train_")]
     assert epochs == [0, 1]  # the second run resumed at epoch 1 instead of starting over
+    pred = (out / "pred.csv").read_text()
+    rcf.main(demo_args(demo_root, out, "--epochs", "2", "--disable_eval_during_finetuning"))  # a finished run
+    log = (out / "log.txt").read_text()
+    assert log.count('{"train_') == 2 and log.count("Evaluation on the test set") == 3  # only the test ran again
+    assert (out / "pred.csv").read_text() == pred
 
 
 def test_eval_of_an_original_format_checkpoint(demo_root, tmp_path):
@@ -353,8 +358,10 @@ torch.save(model.state_dict(), os.path.join(args.output_dir, f"params-rank{os.en
 
 @pytest.mark.slow
 def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
-    """torchrun, 2 CPU processes (gloo): an epoch trains and every rank ends with the checkpoint's parameters."""
+    """Two torchrun "nodes" of one CPU process each (gloo), as on two machines: an epoch trains and every rank ends
+    with the checkpoint's parameters."""
     import os
+    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -362,12 +369,18 @@ def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DDP_DRIVER)
     flags = [*sys_argv_of(demo_args(demo_root, tmp_path, "--fusion", "add"))[1:], "--epochs", "1", "--warmup_epochs",
-             "0", "--batch_size", "2", "--disable_eval_during_finetuning"]
+             "0", "--batch_size", "2", "--disable_eval_during_finetuning", "--output_dir", str(tmp_path / "o")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(Path(rcf.__file__).parent),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run(["torchrun", "--nproc_per_node", "2", str(driver), *flags, "--output_dir",
-                          str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), str(driver), *flags],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-3000:] + outputs[1][-3000:]
     ranks = [torch.load(tmp_path / "o" / f"params-rank{r}.pt") for r in (0, 1)]
     saved = utils.load_checkpoint(tmp_path / "o" / "checkpoint-0.pth")
     for key, value in ranks[0].items():
@@ -375,6 +388,6 @@ def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
     # 20 clips, global batch 2 x 2 processes: 5 optimizer steps.
     assert {int(state["step"]) for state in saved["optimizer"]["state"].values()} == {5}
     assert len(saved["rng"]) == 2  # each rank's RNG states, for a bit-exact resume with the same world size
-    assert saved["args"].world_size == 2 and "global batch 4" in run.stdout + run.stderr
-    log = [json.loads(line) for line in (tmp_path / "o" / "log.txt").read_text().splitlines() if line.startswith("{")]
-    assert [e["epoch"] for e in log] == [0]  # rank 0 alone writes the log
+    assert saved["args"].world_size == 2 and "global batch 4" in outputs[0]
+    log = (tmp_path / "o" / "log.txt").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log if line.startswith('{"train_')] == [0]  # rank 0 alone writes
