@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import math
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,9 +28,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import str_to_pil_interp
+from torch.utils.data import default_collate
 from torchvision.transforms import RandomResizedCrop
 
 from demo_data import DEMO_CLASSES
+from utils import seeded_rngs
+
+logger = logging.getLogger(__name__)
 
 # OpenCV's thread pool does not survive fork: a DataLoader worker forked while it is live can hang in its first
 # OpenCV call. Frames are small and the loader is parallel across workers anyway.
@@ -428,6 +434,45 @@ def collate_views(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(clips), torch.tensor(labels)
 
 
+class BadSample(NamedTuple):
+    """What a dataset with skip_bad returns for an entry it cannot read (in place of the item)."""
+
+    source: str  # "<csv>:<line>"
+    path: str
+    error: str
+
+
+def collate_skipping_bad(batch: list) -> tuple:
+    """Collate the readable items as usual, then append the list of BadSample (never replaced by other clips)."""
+    bad = [item for item in batch if isinstance(item, BadSample)]
+    good = [item for item in batch if not isinstance(item, BadSample)]
+    if not good:
+        return (bad,)
+    return (*(collate_views(good) if isinstance(good[0][0], list) else default_collate(good)), bad)
+
+
+class TooManyBadSamplesError(RuntimeError):
+    """More distinct unreadable entries than --max_bad_samples."""
+
+
+class BadSampleLog:
+    """The distinct unreadable entries met so far (logged once each, with the file and the error); more than
+    `limit` of them raise TooManyBadSamplesError listing them all."""
+
+    def __init__(self, limit: int, seen: dict[str, str] | None = None):
+        self.limit, self.seen = limit, dict(seen or {})
+
+    def add(self, bad: list[BadSample]) -> None:
+        for item in bad:
+            if item.source not in self.seen:
+                self.seen[item.source] = item.error
+                logger.warning("skipped unreadable sample %d (--max_bad_samples %d): %s", len(self.seen),
+                               self.limit, item.error)
+        if len(self.seen) > self.limit:
+            raise TooManyBadSamplesError(f"{len(self.seen)} unreadable samples, more than --max_bad_samples "
+                                         f"{self.limit}:\n  " + "\n  ".join(self.seen.values()))
+
+
 class ClipDataset(torch.utils.data.Dataset):
     """Clips of one annotation file, for training, validation or the multi-view test (finetune.md §2.9).
 
@@ -435,13 +480,17 @@ class ClipDataset(torch.utils.data.Dataset):
     augmentations of the same frames; `collate` flattens them); validation `(clip, label, clip_id)`; test
     `(clip, label, clip_id, chunk_nb, split_nb)` with item = (chunk * test_num_crop + split) * N + clip.
     A clip is float32 (3, T, H, W), ImageNet-normalised.
+
+    With `seed`, a train / validation item's random draws depend only on (seed, epoch, index) (`set_epoch`), not on
+    the worker or on earlier items: a resumed run sees the same clips. With `skip_bad`, an unreadable entry gives a
+    BadSample (`collate` sets it apart) instead of raising.
     """
 
     def __init__(self, annotations: list[Annotation], mode: str, *, frame_ext: str = "jpg", num_frames: int = 16,
                  sampling_rate: int = 4, input_size: int = 224, short_side_size: int = 224,
                  test_num_segment: int = 5, test_num_crop: int = 3, aa: str | None = "rand-m7-n4-mstd0.5-inc1",
                  train_interpolation: str = "bicubic", reprob: float = 0.25, remode: str = "pixel",
-                 recount: int = 1, num_sample: int = 1):
+                 recount: int = 1, num_sample: int = 1, seed: int | None = None, skip_bad: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.annotations, self.mode, self.frame_ext = annotations, mode, frame_ext
@@ -453,6 +502,13 @@ class ClipDataset(torch.utils.data.Dataset):
         # Applied to the (C*T, H, W) view of a clip: one rectangle for all frames, noise drawn per frame and channel.
         self.erase = RandomErasing(reprob, mode=remode, max_count=recount, device="cpu") if reprob > 0 else None
         self.collate = collate_views if mode == "train" and num_sample > 1 else None
+        self.seed, self.epoch, self.skip_bad = seed, 0, skip_bad and mode != "test"
+        if self.skip_bad:
+            self.collate = collate_skipping_bad
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose draws items take (with `seed`); set it before the DataLoader iterator starts workers."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         n = len(self.annotations)
@@ -465,6 +521,17 @@ class ClipDataset(torch.utils.data.Dataset):
             chunk, split = divmod(view, self.test_num_crop)
             return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, split
         entry = self.annotations[index]
+        seed = None if self.seed is None else np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)
+        try:
+            with nullcontext() if seed is None else seeded_rngs(int(seed[0])):
+                return self._train_item(entry)
+        except (OSError, ValueError) as err:
+            if not self.skip_bad:
+                raise
+            return BadSample(entry.source, entry.path, str(err))
+
+    def _train_item(self, entry: Annotation):
+        """A training or validation item (the same temporal sampler, as in the original)."""
         source = _Frames(entry, self.frame_ext)
         indices = train_indices(source.count, self.num_frames, self.sampling_rate)
         if self.mode == "validation":
@@ -535,7 +602,8 @@ def build_dataset(is_train: bool, test_mode: bool, args: argparse.Namespace
         annotations, mode, frame_ext=info.frame_ext, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
         input_size=args.input_size, short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
         test_num_crop=args.test_num_crop, aa=args.aa, train_interpolation=args.train_interpolation,
-        reprob=args.reprob, remode=args.remode, recount=args.recount, num_sample=args.num_sample)
+        reprob=args.reprob, remode=args.remode, recount=args.recount, num_sample=args.num_sample,
+        seed=getattr(args, "seed", None), skip_bad=getattr(args, "max_bad_samples", None) is not None)
     return dataset, args.nb_classes
 
 

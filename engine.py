@@ -16,7 +16,24 @@ from metrics import classification_metrics
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss (without fp16 loss scaling, which skips such steps instead)."""
+
+
+METERS = ("loss", "grad_norm", "loss_scale", "lr", "min_lr", "weight_decay")
+
+
+def meters_state(meters: dict[str, AverageMeter]) -> dict[str, list[float]]:
+    """The running averages of an unfinished epoch, for a step-level checkpoint."""
+    return {name: [m.val, m.sum, m.count] for name, m in meters.items()}
+
+
+def new_meters(state: dict[str, list[float]] | None = None) -> dict[str, AverageMeter]:
+    """Fresh meters, or the ones `meters_state` saved."""
+    meters = {k: AverageMeter() for k in (*METERS, "skipped_steps")}
+    for name, (val, total, count) in (state or {}).items():
+        meters[name].val, meters[name].sum, meters[name].count = val, total, count
+        meters[name].avg = total / count if count else 0
+    return meters
 
 
 def autocast(device: torch.device, amp: str):
@@ -29,13 +46,25 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
                     device: torch.device, epoch: int, scaler: torch.amp.GradScaler | None, amp: str,
                     max_norm: float | None = None, model_ema=None, mixup_fn=None, log_writer=None,
                     start_steps: int = 0, lr_schedule_values=None, wd_schedule_values=None,
-                    num_training_steps_per_epoch: int | None = None, update_freq: int = 1) -> dict[str, float]:
-    """One epoch of (mixup) training with per-step LR / weight-decay schedules and gradient accumulation."""
+                    num_training_steps_per_epoch: int | None = None, update_freq: int = 1, start_step: int = 0,
+                    meters: dict[str, AverageMeter] | None = None, on_step: Callable | None = None,
+                    bad_samples=None) -> dict[str, float]:
+    """One epoch of (mixup) training with per-step LR / weight-decay schedules and gradient accumulation.
+
+    Resuming: the loader yields what is left of the epoch after `start_step` optimizer steps and `meters` holds
+    their averages. `on_step(step, meters)` runs after each optimizer step (e.g. a checkpoint). Batches from a
+    dataset with skip_bad end with their unreadable entries, handed to `bad_samples.add`. Under fp16 loss
+    scaling a step with a non-finite loss or gradient is skipped and counted (skipped_steps), as GradScaler does;
+    otherwise a non-finite loss raises NonFiniteLossError.
+    """
     model.train()
-    meters = {k: AverageMeter() for k in ("loss", "grad_norm", "loss_scale", "lr", "min_lr", "weight_decay")}
+    meters = meters or new_meters()
     optimizer.zero_grad()
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True)
-    for data_iter_step, (samples, targets) in enumerate(progress):
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+                    initial=start_step * update_freq, total=start_step * update_freq + len(data_loader))
+    skip = False  # this step met a non-finite loss under loss scaling
+    for data_iter_step, batch in enumerate(progress, start_step * update_freq):
+        samples, targets = _unpack(batch, 2, bad_samples)
         step = data_iter_step // update_freq
         if num_training_steps_per_epoch is not None and step >= num_training_steps_per_epoch:
             continue
@@ -46,59 +75,94 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
                 if wd_schedule_values is not None and group["weight_decay"] > 0:
                     group["weight_decay"] = float(wd_schedule_values[it])
 
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            # timm's Mixup cuts one box per batch out of (B, C, H, W): viewing the clip's channels and frames as
-            # one axis applies the same box to every frame, as the video mixup of the original.
-            mixed, targets = mixup_fn(samples.flatten(1, 2), targets)
-            samples = mixed.view_as(samples)
-        with autocast(device, amp):
-            loss = criterion(model(samples), targets)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step} (global step {it})")
-
-        loss = loss / update_freq
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_value = float("nan")
+        if mixup_fn is not None and len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one
+            samples, targets = samples[:-1], targets[:-1]
+        if len(samples):
+            samples = samples.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup_fn is not None:
+                # timm's Mixup cuts one box per batch out of (B, C, H, W): viewing the clip's channels and frames as
+                # one axis applies the same box to every frame, as the video mixup of the original.
+                mixed, targets = mixup_fn(samples.flatten(1, 2), targets)
+                samples = mixed.view_as(samples)
+            with autocast(device, amp):
+                loss = criterion(model(samples), targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                if scaler is None:
+                    raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step} (global step {it})")
+                skip = True
+            if not skip:
+                loss = loss / update_freq
+                (scaler.scale(loss) if scaler is not None else loss).backward()
         if (data_iter_step + 1) % update_freq == 0:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            parameters = [p for p in model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm else float("inf"))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
+            if skip:
+                # What GradScaler does with an overflow: no update, a smaller scale.
+                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+                meters["skipped_steps"].update(1)
             else:
-                optimizer.step()
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                parameters = [p for p in model.parameters() if p.grad is not None]
+                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm else float("inf"))
+                if scaler is not None:
+                    scale = scaler.get_scale()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    meters["skipped_steps"].update(int(scaler.get_scale() < scale))
+                else:
+                    optimizer.step()
+                if model_ema is not None:
+                    model_ema.update(model)
+                meters["grad_norm"].update(grad_norm.item())
             optimizer.zero_grad()
-            if model_ema is not None:
-                model_ema.update(model)
-            meters["grad_norm"].update(grad_norm.item())
+            skip = False
 
-        meters["loss"].update(loss_value)
-        meters["loss_scale"].update(scaler.get_scale() if scaler is not None else 1.0)
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        meters["lr"].update(max(lrs))
-        meters["min_lr"].update(min(lrs))
-        meters["weight_decay"].update(max(g["weight_decay"] for g in optimizer.param_groups))
-        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{max(lrs):.2e}")
-        if log_writer is not None:
-            for name, value in (("loss/loss", loss_value), ("opt/lr", max(lrs)), ("opt/min_lr", min(lrs)),
-                                ("opt/loss_scale", meters["loss_scale"].val),
-                                ("opt/weight_decay", meters["weight_decay"].val),
-                                ("opt/grad_norm", meters["grad_norm"].val)):
-                log_writer.add_scalar(name, value, it)
-    return {name: meter.avg for name, meter in meters.items()}
+        if math.isfinite(loss_value):
+            meters["loss"].update(loss_value)
+            meters["loss_scale"].update(scaler.get_scale() if scaler is not None else 1.0)
+            lrs = [g["lr"] for g in optimizer.param_groups]
+            meters["lr"].update(max(lrs))
+            meters["min_lr"].update(min(lrs))
+            meters["weight_decay"].update(max(g["weight_decay"] for g in optimizer.param_groups))
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{max(lrs):.2e}")
+            if log_writer is not None:
+                for name, value in (("loss/loss", loss_value), ("opt/lr", max(lrs)), ("opt/min_lr", min(lrs)),
+                                    ("opt/loss_scale", meters["loss_scale"].val),
+                                    ("opt/weight_decay", meters["weight_decay"].val),
+                                    ("opt/grad_norm", meters["grad_norm"].val)):
+                    log_writer.add_scalar(name, value, it)
+        if on_step is not None and (data_iter_step + 1) % update_freq == 0:
+            on_step(step + 1, meters)
+    stats = {name: meter.avg for name, meter in meters.items()}
+    stats["skipped_steps"] = int(meters["skipped_steps"].sum)
+    return stats
+
+
+def _unpack(batch, fields: int, bad_samples) -> tuple:
+    """A batch's `fields` entries. A trailing list of unreadable entries (collate_skipping_bad) goes to
+    `bad_samples.add`; a batch of unreadable entries only gives empty fields."""
+    if len(batch) in (1, fields + 1):
+        *batch, bad = batch
+        if bad_samples is not None:
+            bad_samples.add(bad)
+    if not batch:
+        return (torch.empty(0), torch.empty(0, dtype=torch.long), *[[] for _ in range(fields - 2)])
+    return tuple(batch)
 
 
 @torch.no_grad()
-def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp: str, num_classes: int) -> dict:
-    """Validation: hard-label cross-entropy, acc@1/5 and UAR/WAR/F1 over every clip (gathered across ranks)."""
+def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp: str, num_classes: int,
+             bad_samples=None) -> dict:
+    """Validation: hard-label cross-entropy, acc@1/5 and UAR/WAR/F1 over every readable clip (gathered across
+    ranks); unreadable ones (skip_bad) go to `bad_samples.add`."""
     model.eval()
     records = []
-    for samples, targets, ids in tqdm(data_loader, desc="validation", disable=not utils.is_main_process(),
-                                      dynamic_ncols=True):
+    for batch in tqdm(data_loader, desc="validation", disable=not utils.is_main_process(), dynamic_ncols=True):
+        samples, targets, ids = _unpack(batch, 3, bad_samples)
+        if not len(samples):
+            continue
         samples, targets = samples.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(samples)

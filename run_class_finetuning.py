@@ -27,7 +27,7 @@ import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
 import utils
 from data_check import DataCheckError, check_lists
-from datasets import DATASETS, build_dataset, seed_worker
+from datasets import DATASETS, BadSampleLog, build_dataset, seed_worker
 from metrics import format_summary, write_test_report
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
@@ -48,6 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--epochs", default=30, type=int)
     add("--update_freq", default=1, type=int)
     add("--save_ckpt_freq", default=100, type=int)
+    add("--save_every_steps", default=0, type=int,
+        help="also write checkpoint-last.pth every N optimizer steps, to resume mid-epoch (ours; 0: at epoch ends)")
+    add("--keep_last_ckpts", default=0, type=int, help="keep only the newest N checkpoint-<epoch>.pth (ours; 0: all)")
     # Model
     add("--model", default="vit_base_patch16_224", type=str)
     add("--tubelet_size", type=int, default=2)
@@ -153,6 +156,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--final_model", default="last", choices=["last", "best"],
         help="model for the final test: the last epoch (original protocol) or checkpoint-best (ours)")
     add("--save_feature", action="store_true", default=False)
+    add("--max_bad_samples", default=10, type=int,
+        help="skip (and log) up to N unreadable train / validation clips per process, then stop (ours)")
     add("--demo", action="store_true", help="train and test on the built-in synthetic dataset (CPU friendly)")
     return p
 
@@ -180,22 +185,34 @@ def build_loader(dataset, args: argparse.Namespace, batch_size: int, train: bool
     if sequential:
         sampler = torch.utils.data.SequentialSampler(dataset)
     else:
-        sampler = torch.utils.data.DistributedSampler(dataset, utils.get_world_size(), utils.get_rank(),
-                                                      shuffle=train, seed=args.seed)
+        sampler = utils.ResumableSampler(dataset, utils.get_world_size(), utils.get_rank(), shuffle=train,
+                                         seed=args.seed)
+    # Workers start afresh each epoch, with the dataset's current epoch (its draws depend on it); the loader's own
+    # generator keeps it from drawing a worker seed from the global RNG, which a resume restores step by step.
     return torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=batch_size, num_workers=args.num_workers, drop_last=train,
         pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=seed_worker,
-        persistent_workers=args.num_workers > 0, collate_fn=getattr(dataset, "collate", None))
+        generator=torch.Generator().manual_seed(args.seed), collate_fn=getattr(dataset, "collate", None))
 
 
-def final_test(args, model, data_loader, device, epoch, header: str | None) -> dict:
+def check_output_dir(args: argparse.Namespace) -> None:
+    """Never overwrite a previous run silently: training without auto-resume refuses a folder that holds one."""
+    previous = utils.resume_candidates(args.output_dir) + sorted(Path(args.output_dir).glob("metrics.json"))
+    if args.eval and (Path(args.output_dir) / "metrics.json").exists():
+        logging.warning("%s holds a previous test: its pred.csv / metrics.json will be replaced", args.output_dir)
+    elif previous and not args.eval and not args.auto_resume and not args.resume:
+        raise FileExistsError(f"--output_dir {args.output_dir} holds a previous run ({previous[0].name}): resume it "
+                              f"(drop --no_auto_resume) or choose another --output_dir")
+
+
+def final_test(args, model, data_loader, device, epoch, header: str | None, checkpoint: str | None) -> dict:
     """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written."""
     records = engine.predict_views(data_loader, model, device, args.amp)
     gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
     if not utils.is_main_process():
         return {}
     return write_test_report(args.output_dir, gathered, DATASETS[args.data_set].classes, header=header,
-                             checkpoint=args.resume or args.finetune or None, epoch=epoch)
+                             checkpoint=checkpoint, epoch=epoch)
 
 
 def check_data(args: argparse.Namespace) -> None:
@@ -209,7 +226,8 @@ def check_data(args: argparse.Namespace) -> None:
         raise SystemExit(str(err)) from None
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> torch.nn.Module:
+    """Fine-tune (resuming what output_dir holds) and test, or only test with --eval; returns the model."""
     utils.keep_freed_memory()
     utils.init_distributed_mode(args)
     logging.basicConfig(level=logging.INFO if utils.is_main_process() else logging.WARNING, format="%(message)s")
@@ -226,6 +244,8 @@ def main(args: argparse.Namespace) -> None:
         make_demo_dataset(args.data_path)
     if args.distributed:
         torch.distributed.barrier()
+    args.output_dir = args.output_dir or "."
+    check_output_dir(args)
 
     check_data(args)
     dataset_test, args.nb_classes = build_dataset(is_train=False, test_mode=True, args=args)
@@ -251,22 +271,22 @@ def main(args: argparse.Namespace) -> None:
                                     momentum=args.momentum, layer_decay=args.layer_decay, eps=args.opt_eps,
                                     **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    utils.auto_load_model(args, model_without_ddp, optimizer, scaler, model_ema)
+    resumed = utils.auto_load_model(args, model_without_ddp, optimizer, scaler, model_ema) or {}
     if args.compile:
         model = torch.compile(model)
     if args.distributed:
         # cablock.fc is never called and, with region pooling, the last block's third attention feeds nothing.
         model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    Path(args.output_dir or ".").mkdir(parents=True, exist_ok=True)
-    args.output_dir = args.output_dir or "."
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
     if args.eval:
         if not args.resume and not args.finetune:
             logging.warning("--eval without a checkpoint: testing an untrained model")
-        stats = final_test(args, model, loader_test, device, epoch=None, header=None)
+        stats = final_test(args, model, loader_test, device, epoch=None, header=None,
+                           checkpoint=args.resume or args.finetune or None)
         if stats:
             logging.info(format_summary(stats, args.output_dir))
-        return
+        return model_without_ddp
 
     loader_train = build_loader(dataset_train, args, args.batch_size, train=True)
     loader_val = None
@@ -282,6 +302,8 @@ def main(args: argparse.Namespace) -> None:
     wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        if args.batch_size % 2:
+            raise ValueError(f"--batch_size {args.batch_size}: mixup / cutmix pair a batch's clips, it must be even")
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=args.nb_classes)
@@ -294,19 +316,56 @@ def main(args: argparse.Namespace) -> None:
     log_path = Path(args.output_dir) / "log.txt"
     logging.info("global batch %d, peak lr %.3g, %d steps per epoch", total_batch_size, args.lr, steps_per_epoch)
 
-    best, start = -float("inf"), time.time()
+    # Resume where the checkpoint left off: best metric, unreadable clips met, epoch averages, then every RNG.
+    best, start_step = resumed.get("best_metric", -float("inf")), getattr(args, "start_step", 0)
+    before = resumed.get("args")
+    if start_step and (before.batch_size, before.update_freq, before.world_size) != (
+            args.batch_size, args.update_freq, args.world_size):
+        raise utils.CheckpointError(f"{args.resume} stopped mid-epoch with batch {before.batch_size} x update_freq "
+                                    f"{before.update_freq} x {before.world_size} processes: resume it with the same")
+    bad_samples = BadSampleLog(args.max_bad_samples, resumed.get("bad_samples"))
+    meters = engine.new_meters(resumed.get("train_meters") if start_step else None)
+    if args.start_epoch >= args.epochs:
+        logging.warning("%s holds a finished run (%s): training skipped, the final test runs again",
+                        args.output_dir, args.resume)
+    if len(resumed.get("rng") or []) == utils.get_world_size():
+        utils.set_rng_state(resumed["rng"][utils.get_rank()])
+    elif resumed.get("rng"):
+        logging.warning("the checkpoint's RNG states are of %d processes: continuing with fresh seeds",
+                        len(resumed["rng"]))
+
+    def resume_state(meters=None) -> dict:
+        """What a checkpoint needs beyond the model and optimizer to continue bit-exactly (a collective)."""
+        seen = {k: v for rank_seen in utils.all_gather_objects(bad_samples.seen) for k, v in rank_seen.items()}
+        return {"rng": utils.gather_rng_states(), "best_metric": best, "bad_samples": seen,
+                "train_meters": engine.meters_state(meters) if meters else None}
+
+    def save_mid_epoch(step: int, meters) -> None:
+        if args.save_ckpt and args.save_every_steps > 0 and step < steps_per_epoch and \
+                (epoch * steps_per_epoch + step) % args.save_every_steps == 0:
+            utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, model_ema, step=step,
+                             numbered=False, extra=resume_state(meters))
+
+    start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        loader_train.sampler.set_epoch(epoch)
-        train_stats = engine.train_one_epoch(
-            model, criterion, loader_train, optimizer, device, epoch, scaler, args.amp, args.clip_grad, model_ema,
-            mixup_fn, log_writer, start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule,
-            wd_schedule_values=wd_schedule, num_training_steps_per_epoch=steps_per_epoch,
-            update_freq=args.update_freq)
-        if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
-            utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, model_ema)
+        # This rank's clips of the epoch already seen (steps x accumulation x batch) are skipped.
+        loader_train.sampler.set_epoch(epoch, start=start_step * args.update_freq * args.batch_size)
+        dataset_train.set_epoch(epoch)
+        try:
+            train_stats = engine.train_one_epoch(
+                model, criterion, loader_train, optimizer, device, epoch, scaler, args.amp, args.clip_grad,
+                model_ema, mixup_fn, log_writer, start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule,
+                wd_schedule_values=wd_schedule, num_training_steps_per_epoch=steps_per_epoch,
+                update_freq=args.update_freq, start_step=start_step, meters=meters, on_step=save_mid_epoch,
+                bad_samples=bad_samples)
+        except engine.NonFiniteLossError as err:
+            last = utils.latest_checkpoint(args.output_dir)
+            raise engine.NonFiniteLossError(f"{err}; last good checkpoint: {last or 'none written yet'}") from None
+        start_step, meters = 0, None
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
         if loader_val is not None:
-            val_stats = engine.evaluate(loader_val, model, device, args.amp, args.nb_classes)
+            dataset_val.set_epoch(epoch)
+            val_stats = engine.evaluate(loader_val, model, device, args.amp, args.nb_classes, bad_samples)
             logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
                          val_stats["uar"], val_stats["war"], val_stats["loss"])
             if val_stats[args.val_metric] > best and args.save_ckpt:
@@ -319,16 +378,23 @@ def main(args: argparse.Namespace) -> None:
         if utils.is_main_process():
             with open(log_path, "a") as f:
                 f.write(json.dumps({**log_stats, "epoch": epoch, "n_parameters": n_parameters}) + "\n")
+        if args.save_ckpt:  # checkpoint-last.pth every epoch; checkpoint-<epoch>.pth as the original
+            numbered = (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs
+            utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, model_ema, numbered=numbered,
+                             keep_last=args.keep_last_ckpts, extra=resume_state())
     logging.info("training time %.0f s", time.time() - start)
 
-    epoch = args.epochs - 1
+    # The weights tested: the best checkpoint's, or the last epoch's, trained from --finetune (whether resumed or not).
+    epoch, checkpoint = args.epochs - 1, args.finetune or None
     if args.final_model == "best":
-        args.resume = str(Path(args.output_dir) / "checkpoint-best.pth")
-        utils.load_model_weights(model_without_ddp, args.resume)
+        checkpoint = str(Path(args.output_dir) / "checkpoint-best.pth")
+        utils.load_model_weights(model_without_ddp, checkpoint)
         epoch = "best"
-    stats = final_test(args, model, loader_test, device, epoch, header=f"{args.final_model} epoch model")
+    stats = final_test(args, model, loader_test, device, epoch, header=f"{args.final_model} epoch model",
+                       checkpoint=checkpoint)
     if stats:
         logging.info(format_summary(stats, args.output_dir))
+    return model_without_ddp
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Checkpoints (safe reading, atomic writing, resume), distributed helpers and schedules shared by the scripts.
+"""Checkpoints (safe reading, atomic writing, bit-exact resume), distributed helpers and schedules for the scripts.
 
 Files are always read with `torch.load(weights_only=True)`: nothing in a checkpoint can run code. Besides tensors
 and plain containers, the original training checkpoints pickle their `argparse.Namespace` of arguments and, in
@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import os
 import pickle
+import random
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +122,11 @@ def load_model_weights(model: nn.Module, path: str | Path, model_key: str = "mod
     A checkpoint of another model, class count or fusion fails with every mismatched key listed.
     """
     checkpoint = load_checkpoint(path)
+    _load_strict(model, checkpoint, path, model_key)
+    return checkpoint
+
+
+def _load_strict(model: nn.Module, checkpoint: dict, path: str | Path, model_key: str = "model|module") -> None:
     state_dict = select_state_dict(checkpoint, model_key)
     own = model.state_dict()
     problems = _grouped("missing from the checkpoint", [k for k in own if k not in state_dict], own)
@@ -128,7 +137,6 @@ def load_model_weights(model: nn.Module, path: str | Path, model_key: str = "mod
         raise CheckpointError(f"{path}: the checkpoint does not fit the model (check --model, --nb_classes, "
                               f"--fusion, --depth, --lg_region_size):\n  " + "\n  ".join(problems))
     model.load_state_dict(state_dict, strict=True)
-    return checkpoint
 
 
 def keep_freed_memory() -> bool:
@@ -200,53 +208,209 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Training checkpoints: {model, optimizer, epoch, scaler, args[, model_ema]} as the originals wrote them
+# Resuming bit-exactly: every RNG a training step draws from, and a sampler that can start an epoch part-way
+
+def rng_state() -> dict:
+    """This process's torch (CPU and CUDA), numpy and Python RNG states, in a form `load_checkpoint` accepts."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> list[dict]:
+    """Every rank's `rng_state()`, in rank order (a collective: call it on all ranks)."""
+    return all_gather_objects(rng_state())
+
+
+@contextmanager
+def seeded_rngs(seed: int):
+    """Run a block with torch (CPU), numpy and `random` seeded from `seed`, then put the caller's states back.
+
+    A sample drawn inside depends on `seed` only: not on the worker that loads it, nor on what came before.
+    """
+    saved = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.default_generator.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved["torch"])
+        np.random.set_state(saved["numpy"])
+        random.setstate(saved["python"])
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """A DistributedSampler whose epoch can start part-way: `set_epoch(epoch, start=k)` skips this rank's first k
+    indices of that epoch's order (which depends on seed and epoch only), so a resumed epoch sees what is left."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training checkpoints: {model, optimizer, epoch, scaler, args[, model_ema]} as the originals wrote them, plus
+# step (optimizer steps done in `epoch` when it is unfinished, else None) and whatever the caller adds (RNG
+# states, meters, ...). checkpoint-last.pth is always the newest complete one.
+
+LAST = "checkpoint-last.pth"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous file at that path is intact."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def save_checkpoint_atomic(state: dict, path: str | Path) -> None:
-    """Write to a temporary file, fsync, then rename: a kill mid-write never leaves a torn file at `path`."""
+    """Write to a temporary file, fsync, then rename: a kill mid-write never leaves a torn file at `path`.
+
+    A failed write (disk full, ...) removes the temporary file and raises CheckpointWriteError.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise CheckpointWriteError(getattr(err, "errno", None) or 0,
+                                   f"{path}: could not write the checkpoint ({err}); {kept}") from err
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """Atomically make `target` the same file as `source` (a hard link; a copy where links are not supported)."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def _numbered(output_dir: str | Path) -> list[tuple[int, Path]]:
+    return sorted((int(p.stem.split("-")[1]), p) for p in Path(output_dir).glob("checkpoint-*.pth")
+                  if p.stem.split("-")[1].isdigit())
+
+
+def prune_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoint-<N>.pth (never -best or -last); returns the deleted."""
+    doomed = [p for _, p in _numbered(output_dir)[:-keep_last]] if keep_last > 0 else []
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
 
 
 def save_model(args: argparse.Namespace, epoch: int | str, model: nn.Module, optimizer, loss_scaler,
-               model_ema: nn.Module | None = None) -> Path:
-    """checkpoint-<epoch>.pth in args.output_dir, written by rank 0 only."""
-    path = Path(args.output_dir) / f"checkpoint-{epoch}.pth"
+               model_ema: nn.Module | None = None, *, step: int | None = None, extra: dict | None = None,
+               numbered: bool = True, keep_last: int = 0) -> Path:
+    """Write a checkpoint in args.output_dir (rank 0 only) and point checkpoint-last.pth at it.
+
+    numbered: checkpoint-<epoch>.pth (and checkpoint-last.pth a link to it); else checkpoint-last.pth alone (a
+    resume point). epoch "best" writes checkpoint-best.pth and leaves checkpoint-last.pth alone. step: optimizer
+    steps done in an unfinished `epoch`. extra: more entries (RNG states, ...). keep_last > 0 then deletes older
+    numbered checkpoints.
+    """
+    output_dir = Path(args.output_dir)
+    path = output_dir / (f"checkpoint-{epoch}.pth" if numbered or epoch == "best" else LAST)
     if is_main_process():
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
                  "scaler": loss_scaler.state_dict() if loss_scaler is not None else None, "args": args}
         if model_ema is not None:
             state["model_ema"] = model_ema.module.state_dict()
+        state.update(extra or {})
         save_checkpoint_atomic(state, path)
+        if numbered and epoch != "best":
+            _replace_with_link(path, output_dir / LAST)
+            prune_checkpoints(output_dir, keep_last)
     return path
 
 
+def resume_candidates(output_dir: str | Path) -> list[Path]:
+    """Resume points, newest first: checkpoint-last.pth, then checkpoint-<N>.pth by decreasing N (not -best)."""
+    last = Path(output_dir) / LAST
+    return ([last] if last.is_file() else []) + [p for _, p in reversed(_numbered(output_dir))]
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint-<N>.pth with the highest N (checkpoint-best.pth is not a resume point)."""
-    numbered = [(int(p.stem.split("-")[1]), p) for p in Path(output_dir).glob("checkpoint-*.pth")
-                if p.stem.split("-")[1].isdigit()]
-    return max(numbered)[1] if numbered else None
+    """The newest resume point (checkpoint-last.pth, else the checkpoint-<N>.pth with the highest N), unchecked."""
+    candidates = resume_candidates(output_dir)
+    return candidates[0] if candidates else None
 
 
 def auto_load_model(args: argparse.Namespace, model: nn.Module, optimizer=None, loss_scaler=None,
-                    model_ema: nn.Module | None = None) -> None:
-    """--resume CKPT, or with --auto_resume the newest checkpoint in output_dir: strict model load, and the
-    optimizer / scaler / EMA states and start epoch when the checkpoint has them (as the originals do)."""
+                    model_ema: nn.Module | None = None) -> dict | None:
+    """--resume CKPT, or with --auto_resume the newest *complete* checkpoint in output_dir (a torn or unreadable one
+    is skipped with a warning): strict model load, then the optimizer / scaler / EMA states and the position to
+    continue from: args.start_epoch and args.start_step (optimizer steps already done in that epoch).
+
+    Returns the checkpoint (for the caller's own entries, e.g. RNG states), or None when there is none.
+    """
+    checkpoint = None
     if not args.resume and args.auto_resume and args.output_dir:
-        latest = latest_checkpoint(args.output_dir)
-        args.resume = str(latest) if latest else ""
+        for path in resume_candidates(args.output_dir):
+            try:
+                checkpoint = load_checkpoint(path)
+            except CheckpointError as err:
+                logger.warning("auto-resume: skipping an incomplete checkpoint: %s", err)
+                continue
+            args.resume = str(path)
+            break
     if not args.resume:
-        return
-    checkpoint = load_model_weights(model, args.resume)
+        return None
+    checkpoint = checkpoint or load_checkpoint(args.resume)
+    _load_strict(model, checkpoint, args.resume)
     logger.info("resumed model weights from %s", args.resume)
     if checkpoint.get("epoch") == "best" and not args.eval:
         raise CheckpointError(f"{args.resume}: a best-validation checkpoint records no epoch to continue from; "
                               "use it with --eval, or resume training from a checkpoint-<N>.pth")
+    args.start_step = 0
     if optimizer is not None and "optimizer" in checkpoint and "epoch" in checkpoint and not args.eval:
         optimizer.load_state_dict(checkpoint["optimizer"])
         if loss_scaler is not None and checkpoint.get("scaler"):
@@ -254,4 +418,7 @@ def auto_load_model(args: argparse.Namespace, model: nn.Module, optimizer=None, 
         if model_ema is not None and "model_ema" in checkpoint:
             model_ema.module.load_state_dict(checkpoint["model_ema"])
         if isinstance(checkpoint["epoch"], int):
-            args.start_epoch = checkpoint["epoch"] + 1
+            step = checkpoint.get("step")
+            args.start_epoch = checkpoint["epoch"] + (1 if step is None else 0)
+            args.start_step = step or 0
+    return checkpoint

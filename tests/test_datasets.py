@@ -487,3 +487,30 @@ def test_dataset_pickles_and_workers_get_different_numpy_seeds(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, worker_init_fn=seed_worker)
     clips, _ = next(iter(loader))
     assert clips.shape == (2, 3, 16, 16, 16)
+
+
+def test_seeded_items_depend_on_seed_epoch_and_index_only(tmp_path):
+    """What makes a resumed run see the same clips: no dependence on earlier draws, the worker, or the loader."""
+    folder = write_textured(tmp_path / "c", 40, size=40)
+    ds = ClipDataset([entry(folder)] * 3, "train", sampling_rate=1, input_size=24, short_side_size=32, seed=5)
+    first = ds[1][0]
+    np.random.rand(3), random.random(), torch.rand(3)
+    assert torch.equal(ds[1][0], first) and not torch.equal(ds[2][0], first)
+    state = torch.get_rng_state()
+    ds[0]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone (num_workers 0)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], first)
+    ds.set_epoch(0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, worker_init_fn=seed_worker)
+    assert torch.equal(next(iter(loader))[0][1], first)
+
+
+def test_skip_bad_returns_the_unreadable_entry_instead_of_raising(tmp_path):
+    (tmp_path / "empty").mkdir()
+    ds = ClipDataset([entry(tmp_path / "empty", source="train.csv:4")], "validation", skip_bad=True)
+    bad = ds[0]
+    assert bad.source == "train.csv:4" and "no *.jpg frames" in bad.error
+    test = ClipDataset([entry(tmp_path / "empty")], "test", skip_bad=True)  # a test clip is never skipped
+    with pytest.raises(ValueError, match="no"):
+        test[0]

@@ -58,3 +58,26 @@ def test_launcher_runs_the_original_recipe_on_a_laid_out_dataset(data_set, tmp_p
     log = (metrics_file.parent / "log.txt").read_text()
     assert "Evaluation on the test set using last epoch model:" in log
     assert (metrics_file.parent / "nohup.out").is_file()
+
+
+@pytest.mark.slow
+def test_k_fold_launcher_runs_the_folds_skips_finished_ones_and_writes_the_table(tmp_path):
+    script, num_classes = LAUNCHERS["DFEW"]
+    data = tmp_path / "data"
+    fake_dataset(data, num_classes, "jpg", ("train.csv", "val.csv", "test.csv"))
+    env = {**os.environ, "NPROC_PER_NODE": "1", "FINETUNE": "", "OUTPUT_ROOT": str(tmp_path / "out"),
+           "DATA_ROOT": str(data), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = ["bash", str(ROOT / script), "--folds", "1", "2", "--data_path", str(data), "--depth", "1",
+               "--epochs", "1", "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
+               "--disable_eval_during_finetuning"]
+    run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    runs = sorted((tmp_path / "out").rglob("metrics.json"))
+    assert [p.parent.name.split("_")[1] for p in runs] == ["split01", "split02"]
+    (summary,) = (tmp_path / "out").rglob("summary_*.md")
+    assert summary.name == "summary_eval_lr_1e-3_epoch_100_size160_sr4_classify_token_type_region_server164.md"
+    assert "| fold 1 |" in summary.read_text() and "mean ± std (2 folds)" in summary.read_text()
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "fold 1: finished" in again.stdout and "fold 2: finished" in again.stdout
+    assert "epoch 0" not in again.stderr  # nothing trained again

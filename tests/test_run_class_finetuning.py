@@ -85,6 +85,11 @@ def test_auto_resume_continues_from_the_last_checkpoint(demo_root, tmp_path):
     epochs = [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()
               if line.startswith("{\"train_")]
     assert epochs == [0, 1]  # the second run resumed at epoch 1 instead of starting over
+    pred = (out / "pred.csv").read_text()
+    rcf.main(demo_args(demo_root, out, "--epochs", "2", "--disable_eval_during_finetuning"))  # a finished run
+    log = (out / "log.txt").read_text()
+    assert log.count('{"train_') == 2 and log.count("Evaluation on the test set") == 3  # only the test ran again
+    assert (out / "pred.csv").read_text() == pred
 
 
 def test_eval_of_an_original_format_checkpoint(demo_root, tmp_path):
@@ -142,3 +147,247 @@ def sys_argv_of(args: argparse.Namespace) -> list[str]:
     return ["--demo", "--data_path", args.data_path, "--data_root", args.data_root, "--input_size", "32",
             "--short_side_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--batch_size", "4",
             "--num_workers", "0", "--device", "cpu", "--fusion", args.fusion]
+
+
+# --- resume, bad runs --------------------------------------------------------------------------------------------
+
+class Interrupted(Exception):
+    """Stands in for a kill: raised from the loss at a chosen training step."""
+
+
+def loss_failing_at(monkeypatch, call: int, failure):
+    """Make the demo's loss (label smoothing) call `failure()` at its `call`-th use (1-based)."""
+    calls = []
+
+    class Loss(rcf.LabelSmoothingCrossEntropy):
+        def forward(self, x, target):
+            calls.append(1)
+            return failure(super().forward(x, target)) if len(calls) == call else super().forward(x, target)
+
+    monkeypatch.setattr(rcf, "LabelSmoothingCrossEntropy", Loss)
+
+
+def resume_flags(*extra: str) -> tuple[str, ...]:
+    """An epoch of 5 steps with a checkpoint every 2 and drop path (an RNG the model draws from). Validation, whose
+    clips are random too, and resuming at epoch ends are left to the slow SIGKILL test."""
+    return ("--epochs", "1", "--save_every_steps", "2", "--save_ckpt_freq", "1", "--drop_path", "0.1",
+            "--disable_eval_during_finetuning", "--test_num_segment", "1", "--test_num_crop", "1", *extra)
+
+
+def weights_of(path) -> dict:
+    checkpoint = utils.load_checkpoint(path)
+    return {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"]["state"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    rcf.main(demo_args(demo_root, out, *resume_flags()))
+    return out
+
+
+def assert_same_run(a, b):
+    """Bit-identical final weights and optimizer state, predictions and metrics."""
+    wa, wb = weights_of(a / "checkpoint-0.pth"), weights_of(b / "checkpoint-0.pth")
+    assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
+    assert all(torch.equal(x, y) for k in wa["optimizer"] for x, y in zip(wa["optimizer"][k].values(),
+                                                                            wb["optimizer"][k].values()))
+    assert (a / "pred.csv").read_text() == (b / "pred.csv").read_text()
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma == mb
+
+
+def test_resume_mid_epoch_equals_the_uninterrupted_run(demo_root, uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def interrupt(loss):
+        raise Interrupted
+
+    loss_failing_at(monkeypatch, 4, interrupt)  # in step 3 (0-based): the last checkpoint is of step 2
+    with pytest.raises(Interrupted):
+        rcf.main(demo_args(demo_root, out, *resume_flags()))
+    last = utils.load_checkpoint(out / "checkpoint-last.pth")
+    assert (last["epoch"], last["step"]) == (0, 2) and len(last["rng"]) == 1
+    monkeypatch.undo()
+    rcf.main(demo_args(demo_root, out, *resume_flags()))
+    assert_same_run(uninterrupted, out)
+    epochs = [json.loads(line) for line in (out / "log.txt").read_text().splitlines() if line.startswith("{")]
+    reference = [json.loads(line) for line in (uninterrupted / "log.txt").read_text().splitlines()
+                 if line.startswith("{")]
+    assert epochs == reference  # the epoch averages too: the interrupted epoch's meters were in the checkpoint
+
+
+def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(demo_root, tmp_path, monkeypatch):
+    loss_failing_at(monkeypatch, 4, lambda loss: loss * float("nan"))
+    with pytest.raises(rcf.engine.NonFiniteLossError) as err:
+        rcf.main(demo_args(demo_root, tmp_path, "--save_every_steps", "1"))
+    assert "epoch 0, step 3" in str(err.value) and f"last good checkpoint: {tmp_path / 'checkpoint-last.pth'}" in str(
+        err.value)
+    assert utils.load_checkpoint(tmp_path / "checkpoint-last.pth")["step"] == 3
+
+
+def test_unreadable_training_clip_beyond_max_bad_samples_fails_naming_it(demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    broken = data / (data / "train.csv").read_text().split()[0]
+    frame = sorted(broken.iterdir())[3]
+    frame.write_bytes(b"not a jpeg")
+    args = demo_args(data, tmp_path / "run", "--max_bad_samples", "0", "--disable_eval_during_finetuning")
+    args.data_root = str(data)
+    with pytest.raises(rcf.TooManyBadSamplesError, match=rf"1 unreadable samples.*\n.*{frame.name}"):
+        rcf.main(args)
+
+
+def test_output_dir_of_a_previous_run_is_not_overwritten(demo_root, tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="holds a previous run"):
+        rcf.main(demo_args(demo_root, tmp_path, "--no_auto_resume"))
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+
+
+# A run of run_class_finetuning.py that SIGKILLs itself half-way through its KILL_AT_SAVE-th torch.save (a torn
+# temporary file is left behind, as a kill during a checkpoint write leaves it).
+KILL_DRIVER = """
+import io, os, signal, sys
+import torch
+sys.path.insert(0, os.environ["REPO"])
+import run_class_finetuning as rcf
+
+kill_at, calls, real_save = int(os.environ.get("KILL_AT_SAVE", 0)), [], torch.save
+
+def save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == kill_at:
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save
+parser = rcf.get_args_parser()
+parser.set_defaults(**rcf.DEMO_DEFAULTS)
+rcf.main(parser.parse_args())
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(demo_root, tmp_path):
+    """SIGKILL (during a checkpoint write, then at random times), resume each time: bit-identical end result."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(KILL_DRIVER)
+    repo = str(Path(rcf.__file__).parent)
+    flags = [*sys_argv_of(demo_args(demo_root, tmp_path, "--fusion", "none"))[1:], "--epochs", "3",
+             "--warmup_epochs", "1", "--num_workers", "1", "--save_every_steps", "2", "--keep_last_ckpts", "1",
+             "--save_ckpt_freq", "1", "--drop_path", "0.1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": repo}
+
+    def launch(out: Path, kill_at_save: int = 0) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(driver), *flags, "--output_dir", str(out)],
+                                env={**env, "KILL_AT_SAVE": str(kill_at_save)}, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    reference = launch(tmp_path / "reference")
+    start = time.time()
+    _, err = reference.communicate(timeout=900)
+    assert reference.returncode == 0, err[-3000:]
+    duration = time.time() - start
+
+    out = tmp_path / "killed"
+    # 1: killed half-way through its 6th checkpoint write (epoch 0: checkpoint-last.pth after steps 2 and 4,
+    # checkpoint-best.pth, checkpoint-0.pth; epoch 1: after its steps 1 and 3): a torn .tmp stays behind.
+    run = launch(out, kill_at_save=6)
+    run.wait(timeout=900)
+    assert run.returncode == -signal.SIGKILL and (out / "checkpoint-last.pth.tmp").is_file()
+    # 2: a torn checkpoint-last.pth itself (as a non-atomic copy would leave it): auto-resume must skip it.
+    torn = (out / "checkpoint-last.pth").read_bytes()
+    (out / "checkpoint-last.pth").unlink()
+    (out / "checkpoint-last.pth").write_bytes(torn[: len(torn) // 3])
+    # 3: SIGKILL at random times, resuming each time, until a run finishes.
+    rng = random.Random(7)
+    logs, kills = [], 0
+    while True:
+        run = launch(out)
+        if kills < 3:
+            try:
+                run.wait(timeout=rng.uniform(0.3, 0.9) * duration)
+            except subprocess.TimeoutExpired:
+                run.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = run.communicate(timeout=900)
+        logs.append(err)
+        if run.returncode == 0:
+            break
+        assert run.returncode == -signal.SIGKILL, err[-3000:]
+    assert "skipping an incomplete checkpoint" in logs[0] and "checkpoint-last.pth" in logs[0]
+    assert kills >= 1
+    for name in ("checkpoint-2.pth", "checkpoint-last.pth"):
+        a, b = weights_of(tmp_path / "reference" / name), weights_of(out / name)
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert all(torch.equal(x, y) for k in a["optimizer"] for x, y in zip(a["optimizer"][k].values(),
+                                                                            b["optimizer"][k].values()))
+    assert (tmp_path / "reference" / "pred.csv").read_text() == (out / "pred.csv").read_text()
+    assert json.loads((tmp_path / "reference" / "metrics.json").read_text()) == json.loads(
+        (out / "metrics.json").read_text())
+    assert not (out / "checkpoint-0.pth").exists() and not (out / "checkpoint-1.pth").exists()  # keep_last 1
+
+
+# Under torchrun: fine-tune, then save this rank's parameters for the test to compare.
+DDP_DRIVER = """
+import os, sys
+import torch
+sys.path.insert(0, os.environ["REPO"])
+import run_class_finetuning as rcf
+
+parser = rcf.get_args_parser()
+parser.set_defaults(**rcf.DEMO_DEFAULTS)
+args = parser.parse_args()
+model = rcf.main(args)
+torch.save(model.state_dict(), os.path.join(args.output_dir, f"params-rank{os.environ['RANK']}.pt"))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
+    """Two torchrun "nodes" of one CPU process each (gloo), as on two machines: an epoch trains and every rank ends
+    with the checkpoint's parameters."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    flags = [*sys_argv_of(demo_args(demo_root, tmp_path, "--fusion", "add"))[1:], "--epochs", "1", "--warmup_epochs",
+             "0", "--batch_size", "2", "--disable_eval_during_finetuning", "--output_dir", str(tmp_path / "o")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(Path(rcf.__file__).parent),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), str(driver), *flags],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-3000:] + outputs[1][-3000:]
+    ranks = [torch.load(tmp_path / "o" / f"params-rank{r}.pt") for r in (0, 1)]
+    saved = utils.load_checkpoint(tmp_path / "o" / "checkpoint-0.pth")
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]) and torch.equal(value, saved["model"][key]), key
+    # 20 clips, global batch 2 x 2 processes: 5 optimizer steps.
+    assert {int(state["step"]) for state in saved["optimizer"]["state"].values()} == {5}
+    assert len(saved["rng"]) == 2  # each rank's RNG states, for a bit-exact resume with the same world size
+    assert saved["args"].world_size == 2 and "global batch 4" in outputs[0]
+    log = (tmp_path / "o" / "log.txt").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log if line.startswith('{"train_')] == [0]  # rank 0 alone writes

@@ -11,6 +11,7 @@ import torch
 from conftest import SCRIPT_KWARGS, random_state_dict, read_keys
 
 import modeling_finetune  # noqa: F401  (registers the models)
+import utils
 from utils import CheckpointError, load_checkpoint, load_model_weights, load_pretrained
 
 
@@ -122,3 +123,93 @@ def test_fine_tuned_checkpoint_with_other_head_keeps_the_new_head(tmp_path):
     report = load_pretrained(model, path)
     assert report.missing == ["head.weight", "head.bias"]
     assert torch.equal(model.fc_norm.weight, source.fc_norm.weight)
+
+
+# --- training checkpoints and resume -------------------------------------------------------------------------------
+
+def training_state(tmp_path):
+    """A tiny model and optimizer, and args for utils.save_model."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    args = argparse.Namespace(output_dir=str(tmp_path), resume="", auto_resume=True, eval=False, start_epoch=0)
+    return model, optimizer, args
+
+
+def test_rng_states_survive_a_checkpoint_file(tmp_path):
+    import random
+
+    state = utils.rng_state()
+    first = (torch.rand(4), np.random.rand(4), random.random())
+    utils.save_checkpoint_atomic({"rng": [state]}, tmp_path / "c.pth")
+    utils.set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"][0])
+    again = (torch.rand(4), np.random.rand(4), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+    with utils.seeded_rngs(7):
+        a = torch.rand(2), np.random.rand(), random.random()
+    after = torch.rand(1)
+    utils.set_rng_state(state)
+    torch.rand(4)
+    with utils.seeded_rngs(7):  # the same draws whatever came before, and the caller's streams are untouched
+        b = torch.rand(2), np.random.rand(), random.random()
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:] and torch.equal(torch.rand(1), after)
+
+
+def test_resumable_sampler_continues_the_epochs_order():
+    sampler = utils.ResumableSampler(range(10), num_replicas=2, rank=1, shuffle=True, seed=3)
+    sampler.set_epoch(4)
+    order = list(sampler)
+    sampler.set_epoch(4, start=2)
+    assert list(sampler) == order[2:] and len(sampler) == 3
+    sampler.set_epoch(5)
+    assert list(sampler) != order and len(sampler) == 5
+
+
+def test_checkpoint_last_keep_last_and_best(tmp_path):
+    model, optimizer, args = training_state(tmp_path)
+    for epoch in range(4):
+        utils.save_model(args, epoch, model, optimizer, None, keep_last=2)
+    utils.save_model(args, "best", model, optimizer, None, keep_last=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-2.pth", "checkpoint-3.pth", "checkpoint-best.pth", "checkpoint-last.pth"]
+    assert (tmp_path / "checkpoint-last.pth").samefile(tmp_path / "checkpoint-3.pth")
+    utils.save_model(args, 4, model, optimizer, None, step=7, numbered=False, extra={"note": 1})
+    last = load_checkpoint(tmp_path / "checkpoint-last.pth")
+    assert (last["epoch"], last["step"], last["note"]) == (4, 7, 1)
+    assert load_checkpoint(tmp_path / "checkpoint-3.pth")["step"] is None  # the link was replaced, not written through
+    assert utils.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-last.pth"
+
+
+def test_auto_resume_skips_a_torn_checkpoint_with_a_warning(tmp_path, caplog):
+    model, optimizer, args = training_state(tmp_path)
+    utils.save_model(args, 0, model, optimizer, None)
+    utils.save_model(args, 1, model, optimizer, None, step=3, numbered=False)
+    (tmp_path / "checkpoint-last.pth").unlink()  # a new inode: checkpoint-0.pth stays whole
+    torn = (tmp_path / "checkpoint-0.pth").read_bytes()[:300]
+    (tmp_path / "checkpoint-last.pth").write_bytes(torn)
+    (tmp_path / "checkpoint-last.pth.tmp").write_bytes(torn)  # a write the kill interrupted
+    assert utils.auto_load_model(args, model, optimizer)["epoch"] == 0
+    assert args.resume == str(tmp_path / "checkpoint-0.pth") and (args.start_epoch, args.start_step) == (1, 0)
+    assert "skipping an incomplete checkpoint" in caplog.text and "checkpoint-last.pth" in caplog.text
+
+    utils.save_model(args, 1, model, optimizer, None, step=3, numbered=False)
+    args.resume = ""
+    utils.auto_load_model(args, model, optimizer)
+    assert (args.start_epoch, args.start_step) == (1, 3)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    model, optimizer, args = training_state(tmp_path)
+    utils.save_model(args, 0, model, optimizer, None, numbered=False)
+    before = (tmp_path / "checkpoint-last.pth").read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(utils.CheckpointWriteError, match=r"No space left.*the previous checkpoint-last\.pth is intact"):
+        utils.save_model(args, 1, model, optimizer, None, step=2, numbered=False)
+    assert (tmp_path / "checkpoint-last.pth").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-last.pth"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # FERV39k (all scenes): the original recipe, 3 processes x batch 40 = global batch 120.
-# One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3 keeps the global batch. Extra flags are passed through ("$@").
+# One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3 keeps the global batch. Several machines: NNODES, NODE_RANK, MASTER_ADDR
+# (README, Multi-node). Extra flags are passed through ("$@").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL_DIR=videomae_pretrain_base_dim512_local_global_attn_depth16_region_size2510_patch16_160_frame_16x4_tube_mask_ratio_0.9_e100_with_diff_target_server170
@@ -8,7 +9,8 @@ FINETUNE=${FINETUNE-./saved/model/pretraining/voxceleb2/${MODEL_DIR}/checkpoint-
 OUTPUT_ROOT=${OUTPUT_ROOT:-./saved/model/finetuning}
 OUTPUT_DIR=${OUTPUT_DIR:-${OUTPUT_ROOT}/ferv39k/voxceleb2_${MODEL_DIR}/checkpoint-49/eval_lr_1e-3_epoch_100_size160_sr1_classify_token_type_region_server164}
 mkdir -p "$OUTPUT_DIR"
-OMP_NUM_THREADS=1 torchrun --nproc_per_node="${NPROC_PER_NODE:-3}" --master_port="${MASTER_PORT:-12356}" \
+OMP_NUM_THREADS=1 torchrun --nproc_per_node="${NPROC_PER_NODE:-3}" --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-12356}" \
     run_class_finetuning.py \
     --model vit_base_dim512_no_depth_patch16_160 --depth 16 \
     --data_set FERV39k --nb_classes 7 --data_path ./saved/data/ferv39k/all_scenes ${DATA_ROOT:+--data_root "$DATA_ROOT"} \

@@ -1,0 +1,101 @@
+"""engine.py: a training epoch's handling of bad steps and unreadable clips, and resuming it part-way."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import engine
+from datasets import Annotation, BadSample, BadSampleLog, ClipDataset, TooManyBadSamplesError, collate_skipping_bad
+
+
+def batches(n: int = 4, size: int = 4, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 6, generator=gen), torch.randint(0, 3, (size,), generator=gen)) for _ in range(n)]
+
+
+class NaNAt(nn.Module):
+    """Cross-entropy that is NaN at the given calls."""
+
+    def __init__(self, *calls: int):
+        super().__init__()
+        self.calls, self.count = set(calls), 0
+
+    def forward(self, logits, targets):
+        self.count += 1
+        loss = nn.functional.cross_entropy(logits, targets)
+        return loss * float("nan") if self.count in self.calls else loss
+
+
+def run(loader, criterion, scaler=None, **kwargs):
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = engine.train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0, scaler, "none",
+                                   **kwargs)
+    return model, stats
+
+
+def test_non_finite_loss_raises_without_loss_scaling():
+    with pytest.raises(engine.NonFiniteLossError, match=r"loss is nan at epoch 0, step 2 \(global step 12\)"):
+        run(batches(), NaNAt(3), start_steps=10)
+
+
+def test_non_finite_loss_under_loss_scaling_skips_and_counts_the_step():
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    model, stats = run(batches(), NaNAt(2), scaler=scaler)
+    assert stats["skipped_steps"] == 1 and scaler.get_scale() == 512.0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    reference, _ = run([b for i, b in enumerate(batches()) if i != 1], NaNAt())  # the same without that batch
+    assert all(torch.allclose(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+
+
+def test_an_epoch_resumed_part_way_equals_the_whole_epoch():
+    seen = []
+    whole, whole_stats = run(batches(), NaNAt(), on_step=lambda step, meters: seen.append(
+        (step, engine.meters_state(meters))))
+    assert [s for s, _ in seen] == [1, 2, 3, 4]
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine.train_one_epoch(model, NaNAt(), batches()[:2], optimizer, torch.device("cpu"), 0, None, "none")
+    stats = engine.train_one_epoch(model, NaNAt(), batches()[2:], optimizer, torch.device("cpu"), 0, None, "none",
+                                   start_step=2, meters=engine.new_meters(seen[1][1]))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), whole.parameters()))
+    assert stats == whole_stats
+
+
+def test_unreadable_clips_are_skipped_counted_and_named_then_fail_past_the_limit(tmp_path, caplog):
+    import cv2
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for t in range(4):
+        cv2.imwrite(str(good / f"{t:05d}.jpg"), np.full((16, 16, 3), 60 * t, np.uint8))
+    entries = [Annotation(str(good), str(good), 1, "train.csv:1"),
+               Annotation("gone", str(tmp_path / "gone"), 2, "train.csv:2"),
+               Annotation(str(good), str(good), 0, "train.csv:3")]
+    dataset = ClipDataset(entries, "train", num_frames=4, sampling_rate=1, input_size=16, short_side_size=16,
+                          seed=0, skip_bad=True)
+    assert isinstance(dataset[1], BadSample) and dataset.collate is collate_skipping_bad
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=dataset.collate)
+    clips, labels, bad = next(iter(loader))
+    assert clips.shape[0] == 2 and labels.tolist() == [1, 0]  # skipped, not replaced by another clip
+    assert [b.source for b in bad] == ["train.csv:2"]
+
+    log = BadSampleLog(limit=1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 16 * 16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # the same clip twice counts once
+            engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, optimizer, torch.device("cpu"), 0, None,
+                                   "none", bad_samples=log)
+    assert list(log.seen) == ["train.csv:2"] and caplog.text.count("skipped unreadable sample 1") == 1
+    assert "gone: no such file or folder" in caplog.text
+    with pytest.raises(TooManyBadSamplesError, match=r"1 unreadable samples, more than --max_bad_samples 0:\n.*gone"):
+        engine.train_one_epoch(model, nn.CrossEntropyLoss(), loader, optimizer, torch.device("cpu"), 0, None, "none",
+                               bad_samples=BadSampleLog(limit=0))
