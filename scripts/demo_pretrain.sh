@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 OUTPUT_DIR=${OUTPUT_DIR:-saved/model/pretraining/demo}
 python run_mae_pretraining.py --demo --output_dir "$OUTPUT_DIR" "$@"
-CHECKPOINT=$(ls -v "$OUTPUT_DIR"/checkpoint-[0-9]*.pth | tail -n 1)
-python run_class_finetuning.py --demo --finetune "$CHECKPOINT" --output_dir "${FINETUNE_OUTPUT_DIR:-saved/model/finetuning/demo_pretrained}"
+python run_class_finetuning.py --demo --finetune "$OUTPUT_DIR/checkpoint-last.pth" --output_dir "${FINETUNE_OUTPUT_DIR:-saved/model/finetuning/demo_pretrained}"

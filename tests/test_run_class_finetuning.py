@@ -13,6 +13,7 @@ import torch
 
 import run_class_finetuning as rcf
 import utils
+from datasets import TooManyBadSamplesError
 from demo_data import make_demo_dataset
 from metrics import classification_metrics
 
@@ -234,7 +235,7 @@ def test_unreadable_training_clip_beyond_max_bad_samples_fails_naming_it(demo_ro
     frame.write_bytes(b"not a jpeg")
     args = demo_args(data, tmp_path / "run", "--max_bad_samples", "0", "--disable_eval_during_finetuning")
     args.data_root = str(data)
-    with pytest.raises(rcf.TooManyBadSamplesError, match=rf"1 unreadable samples.*\n.*{frame.name}"):
+    with pytest.raises(TooManyBadSamplesError, match=rf"1 unreadable samples.*\n.*{frame.name}"):
         rcf.main(args)
 
 

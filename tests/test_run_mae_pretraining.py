@@ -44,7 +44,8 @@ def test_pretraining_runs_logs_checkpoints_and_resumes(videos_root, tmp_path):
                 "train_grad_norm", "n_parameters"):
         assert all(np.isfinite(line[key]) for line in lines), key
     assert lines[0]["train_weight_decay"] == 0.05
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == ["checkpoint-0.pth", "checkpoint-1.pth"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == [
+        "checkpoint-0.pth", "checkpoint-1.pth", "checkpoint-last.pth"]
     assert sorted(p.name for p in (tmp_path / "recon").iterdir()) == ["epoch_000.png", "epoch_001.png"]
     assert list(tmp_path.glob("events.out.tfevents.*"))
     checkpoint = utils.load_checkpoint(tmp_path / "checkpoint-1.pth")
