@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 from tensorboardX import SummaryWriter
@@ -63,30 +61,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--model_ema_decay", type=float, default=0.9999)
     add("--model_ema_force_cpu", action="store_true", default=False)
     add("--attn_type", default="local_global", choices=["joint", "local_global"])
-    add("--lg_region_size", type=int, nargs="+", default=(2, 2, 10))
-    add("--lg_first_attn_type", type=str, default="self", choices=["cross", "self"])
-    add("--lg_third_attn_type", type=str, default="cross", choices=["cross", "self"])
-    add("--lg_attn_param_sharing_first_third", action="store_true")
-    add("--lg_attn_param_sharing_all", action="store_true")
+    utils.add_lg_arguments(p)
     add("--lg_classify_token_type", type=str, default="org", choices=["org", "region", "all"])
-    add("--lg_no_second", action="store_true")
-    add("--lg_no_third", action="store_true")
     add("--depth", default=None, type=int)
     add("--fusion", default="none", choices=["none", "add", "cat", "pos"], help="CA motion branch fusion (ours)")
     # Optimizer and schedule
-    add("--opt", default="adamw", type=str)
-    add("--opt_eps", default=1e-8, type=float)
-    add("--opt_betas", default=None, type=float, nargs="+")
-    add("--clip_grad", type=float, default=None)
-    add("--momentum", type=float, default=0.9)
-    add("--weight_decay", type=float, default=0.05)
-    add("--weight_decay_end", type=float, default=None)
-    add("--lr", type=float, default=1e-3, help="learning rate per 256 clips of global batch")
+    utils.add_optimizer_arguments(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
     add("--layer_decay", type=float, default=0.75)
-    add("--warmup_lr", type=float, default=1e-6, help="parsed as in the original; warm-up starts at 0")
-    add("--min_lr", type=float, default=1e-6)
-    add("--warmup_epochs", type=int, default=5)
-    add("--warmup_steps", type=int, default=-1)
     # Augmentation
     add("--color_jitter", type=float, default=0.4)
     add("--num_sample", type=int, default=2)
@@ -128,28 +109,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--output_dir", default="")
     add("--log_dir", default=None)
     # Run
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 on CUDA if supported, else none")
-    add("--compile", action="store_true", help="torch.compile the model")
-    add("--seed", default=0, type=int)
-    add("--resume", default="")
-    add("--auto_resume", action="store_true")
-    add("--no_auto_resume", action="store_false", dest="auto_resume")
-    p.set_defaults(auto_resume=True)
+    utils.add_run_arguments(p)
     add("--save_ckpt", action="store_true")
     add("--no_save_ckpt", action="store_false", dest="save_ckpt")
     p.set_defaults(save_ckpt=True)
-    add("--start_epoch", default=0, type=int)
     add("--eval", action="store_true")
     add("--dist_eval", action="store_true", default=False)
-    add("--num_workers", default=10, type=int)
-    add("--pin_mem", action="store_true")
-    add("--no_pin_mem", action="store_false", dest="pin_mem")
-    p.set_defaults(pin_mem=True)
-    add("--world_size", default=1, type=int)
-    add("--local_rank", default=-1, type=int)
-    add("--dist_on_itp", action="store_true")
-    add("--dist_url", default="env://")
     add("--enable_deepspeed", action="store_true", default=False)
     add("--val_metric", type=str, default="acc1",
         choices=["acc1", "acc5", "war", "uar", "weighted_f1", "micro_f1", "macro_f1"])
@@ -168,12 +133,8 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
                   all_frames=args.num_frames * args.num_segments, tubelet_size=args.tubelet_size,
                   drop_rate=args.drop, drop_path_rate=args.drop_path,
                   attn_drop_rate=args.attn_drop_rate, drop_block_rate=None, use_mean_pooling=args.use_mean_pooling,
-                  init_scale=args.init_scale, attn_type=args.attn_type, lg_region_size=args.lg_region_size,
-                  lg_first_attn_type=args.lg_first_attn_type, lg_third_attn_type=args.lg_third_attn_type,
-                  lg_attn_param_sharing_first_third=args.lg_attn_param_sharing_first_third,
-                  lg_attn_param_sharing_all=args.lg_attn_param_sharing_all,
-                  lg_classify_token_type=args.lg_classify_token_type, lg_no_second=args.lg_no_second,
-                  lg_no_third=args.lg_no_third, fusion=None if args.fusion == "none" else args.fusion)
+                  init_scale=args.init_scale, lg_classify_token_type=args.lg_classify_token_type,
+                  fusion=None if args.fusion == "none" else args.fusion, **utils.lg_kwargs(args))
     if "no_depth" in args.model and args.depth is not None:
         kwargs["depth"] = args.depth
     return timm.create_model(args.model, **kwargs)
@@ -228,16 +189,7 @@ def check_data(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> torch.nn.Module:
     """Fine-tune (resuming what output_dir holds) and test, or only test with --eval; returns the model."""
-    utils.keep_freed_memory()
-    utils.init_distributed_mode(args)
-    logging.basicConfig(level=logging.INFO if utils.is_main_process() else logging.WARNING, format="%(message)s")
-    device = torch.device(args.device)
-    if args.amp is None:
-        args.amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
-    seed = args.seed + utils.get_rank()
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    device = utils.start_run(args)
     if args.demo and utils.is_main_process() and not (Path(args.data_path) / "train.csv").exists():
         from demo_data import make_demo_dataset
 
@@ -296,10 +248,7 @@ def main(args: argparse.Namespace) -> torch.nn.Module:
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has {len(dataset_train)} clips, fewer than one global batch "
                          f"({total_batch_size} = batch_size x update_freq x processes)")
-    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
-                                         warmup_steps=args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    lr_schedule, wd_schedule = utils.schedules(args, steps_per_epoch)
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         if args.batch_size % 2:

@@ -65,26 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--normlize_target", default=True, type=str2bool)
     add("--encoder_depth", default=None, type=int)
     add("--attn_type", default="joint", choices=["joint", "local_global"])
-    add("--lg_region_size", type=int, nargs="+", default=(2, 2, 10))
-    add("--lg_first_attn_type", type=str, default="self", choices=["cross", "self"])
-    add("--lg_third_attn_type", type=str, default="cross", choices=["cross", "self"])
-    add("--lg_attn_param_sharing_first_third", action="store_true")
-    add("--lg_attn_param_sharing_all", action="store_true")
-    add("--lg_no_second", action="store_true")
-    add("--lg_no_third", action="store_true")
+    utils.add_lg_arguments(p)
     # Optimizer and schedule
-    add("--opt", default="adamw", type=str)
-    add("--opt_eps", default=1e-8, type=float)
-    add("--opt_betas", default=None, type=float, nargs="+")
-    add("--clip_grad", type=float, default=None)
-    add("--momentum", type=float, default=0.9)
-    add("--weight_decay", type=float, default=0.05)
-    add("--weight_decay_end", type=float, default=None)
-    add("--lr", type=float, default=1.5e-4, help="learning rate per 256 clips of global batch")
-    add("--warmup_lr", type=float, default=1e-6, help="parsed as in the original; warm-up starts at 0")
-    add("--min_lr", type=float, default=1e-5)
-    add("--warmup_epochs", type=int, default=40)
-    add("--warmup_steps", type=int, default=-1)
+    utils.add_optimizer_arguments(p, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
     add("--color_jitter", type=float, default=0.0, help="unused, as in the original")
     add("--train_interpolation", type=str, default="bicubic", help="unused, as in the original")
     # Data
@@ -104,23 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--frame_diff_group_size", type=int, default=2)
     add("--target_diff_weight", type=float, default=None)
     # Run
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 on CUDA if supported, else none")
-    add("--compile", action="store_true", help="torch.compile the model")
-    add("--seed", default=0, type=int)
-    add("--resume", default="")
-    add("--auto_resume", action="store_true")
-    add("--no_auto_resume", action="store_false", dest="auto_resume")
-    p.set_defaults(auto_resume=True)
-    add("--start_epoch", default=0, type=int)
-    add("--num_workers", default=10, type=int)
-    add("--pin_mem", action="store_true")
-    add("--no_pin_mem", action="store_false", dest="pin_mem")
-    p.set_defaults(pin_mem=True)
-    add("--world_size", default=1, type=int)
-    add("--local_rank", default=-1, type=int)
-    add("--dist_on_itp", action="store_true")
-    add("--dist_url", default="env://")
+    utils.add_run_arguments(p)
     add("--save_recon", type=int, default=0, metavar="N",
         help="after every epoch, write a PNG of N clips' reconstructions to <output_dir>/recon/ (ours)")
     add("--demo", action="store_true", help="pretrain on the built-in synthetic videos (CPU friendly)")
@@ -131,12 +98,7 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
     """The pretraining model as the original script builds it (the encoder depth only for 'no_depth' models), built
     for --input_size (ours, as in fine-tuning)."""
     kwargs = dict(pretrained=False, img_size=args.input_size, drop_path_rate=args.drop_path, drop_block_rate=None,
-                  decoder_depth=args.decoder_depth, num_frames=args.num_frames, attn_type=args.attn_type,
-                  lg_region_size=args.lg_region_size, lg_first_attn_type=args.lg_first_attn_type,
-                  lg_third_attn_type=args.lg_third_attn_type,
-                  lg_attn_param_sharing_first_third=args.lg_attn_param_sharing_first_third,
-                  lg_attn_param_sharing_all=args.lg_attn_param_sharing_all, lg_no_second=args.lg_no_second,
-                  lg_no_third=args.lg_no_third)
+                  decoder_depth=args.decoder_depth, num_frames=args.num_frames, **utils.lg_kwargs(args))
     if "no_depth" in args.model and args.encoder_depth is not None:
         kwargs["encoder_depth"] = args.encoder_depth
     return timm.create_model(args.model, **kwargs)
@@ -163,16 +125,7 @@ def fixed_samples(dataset, count: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def main(args: argparse.Namespace) -> None:
-    utils.keep_freed_memory()
-    utils.init_distributed_mode(args)
-    logging.basicConfig(level=logging.INFO if utils.is_main_process() else logging.WARNING, format="%(message)s")
-    device = torch.device(args.device)
-    if args.amp is None:
-        args.amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
-    seed = args.seed + utils.get_rank()
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    device = utils.start_run(args)
     if args.demo and utils.is_main_process() and not Path(args.data_path).exists():
         from demo_data import make_demo_videos
 
@@ -217,10 +170,7 @@ def main(args: argparse.Namespace) -> None:
     if steps_per_epoch == 0:
         raise ValueError(f"{args.data_path}: {len(dataset)} videos, fewer than one global batch "
                          f"({total_batch_size} = batch_size x processes)")
-    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
-                                         warmup_steps=args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    lr_schedule, wd_schedule = utils.schedules(args, steps_per_epoch)
     args.output_dir = args.output_dir or "."
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     args.eval = False  # read by the checkpoint loader

@@ -422,3 +422,89 @@ def auto_load_model(args: argparse.Namespace, model: nn.Module, optimizer=None, 
             args.start_epoch = checkpoint["epoch"] + (1 if step is None else 0)
             args.start_step = step or 0
     return checkpoint
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry-script pieces shared by run_class_finetuning.py and run_mae_pretraining.py (the originals' flags)
+
+def add_lg_arguments(parser: argparse.ArgumentParser) -> None:
+    """The LGI-Former block options (--lg_*), as both original scripts define them."""
+    add = parser.add_argument
+    add("--lg_region_size", type=int, nargs="+", default=(2, 2, 10))
+    add("--lg_first_attn_type", type=str, default="self", choices=["cross", "self"])
+    add("--lg_third_attn_type", type=str, default="cross", choices=["cross", "self"])
+    add("--lg_attn_param_sharing_first_third", action="store_true")
+    add("--lg_attn_param_sharing_all", action="store_true")
+    add("--lg_no_second", action="store_true")
+    add("--lg_no_third", action="store_true")
+
+
+def lg_kwargs(args: argparse.Namespace) -> dict:
+    """The --attn_type / --lg_* flags as model keyword arguments."""
+    return dict(attn_type=args.attn_type, lg_region_size=args.lg_region_size,
+                lg_first_attn_type=args.lg_first_attn_type, lg_third_attn_type=args.lg_third_attn_type,
+                lg_attn_param_sharing_first_third=args.lg_attn_param_sharing_first_third,
+                lg_attn_param_sharing_all=args.lg_attn_param_sharing_all, lg_no_second=args.lg_no_second,
+                lg_no_third=args.lg_no_third)
+
+
+def add_optimizer_arguments(parser: argparse.ArgumentParser, lr: float, min_lr: float, warmup_epochs: int) -> None:
+    """Optimizer and schedule flags; the defaults that differ between the scripts are passed in."""
+    add = parser.add_argument
+    add("--opt", default="adamw", type=str)
+    add("--opt_eps", default=1e-8, type=float)
+    add("--opt_betas", default=None, type=float, nargs="+")
+    add("--clip_grad", type=float, default=None)
+    add("--momentum", type=float, default=0.9)
+    add("--weight_decay", type=float, default=0.05)
+    add("--weight_decay_end", type=float, default=None)
+    add("--lr", type=float, default=lr, help="learning rate per 256 clips of global batch")
+    add("--warmup_lr", type=float, default=1e-6, help="parsed as in the original; warm-up starts at 0")
+    add("--min_lr", type=float, default=min_lr)
+    add("--warmup_epochs", type=int, default=warmup_epochs)
+    add("--warmup_steps", type=int, default=-1)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Device, precision, seed, resume and process flags."""
+    add = parser.add_argument
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 on CUDA if supported, else none")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--seed", default=0, type=int)
+    add("--resume", default="")
+    add("--auto_resume", action="store_true")
+    add("--no_auto_resume", action="store_false", dest="auto_resume")
+    parser.set_defaults(auto_resume=True)
+    add("--start_epoch", default=0, type=int)
+    add("--num_workers", default=10, type=int)
+    add("--pin_mem", action="store_true")
+    add("--no_pin_mem", action="store_false", dest="pin_mem")
+    parser.set_defaults(pin_mem=True)
+    add("--world_size", default=1, type=int)
+    add("--local_rank", default=-1, type=int)
+    add("--dist_on_itp", action="store_true")
+    add("--dist_url", default="env://")
+
+
+def start_run(args: argparse.Namespace) -> torch.device:
+    """Join torchrun's process group, set up logging (rank 0 speaks), pick the precision, seed every RNG."""
+    keep_freed_memory()
+    init_distributed_mode(args)
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, format="%(message)s")
+    device = torch.device(args.device)
+    if args.amp is None:
+        args.amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    seed = args.seed + get_rank()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return device
+
+
+def schedules(args: argparse.Namespace, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step learning-rate (warm-up from 0, cosine to --min_lr) and weight-decay (cosine) schedules."""
+    lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
+                                   warmup_steps=args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    return lr_schedule, cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch)

@@ -1,45 +1,32 @@
 #!/usr/bin/env bash
-# MAFW (11 single-label classes), 5-fold: the original recipe, 3 processes x batch 32 = global batch 96, fold 3 by
-# default (SPLITS="1 2 3 4 5"). One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3. Extra flags are passed through ("$@").
+# MAFW (11 single-label classes), 5-fold: the original recipe, 3 processes x batch 32 = global batch 96. `--folds 1 2 3 4 5` (the
+# default; or SPLITS="1") picks the folds; a finished fold is skipped, an unfinished one resumes; then the fold table
+# (scripts/folds.sh). One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3. Several machines: NNODES, NODE_RANK, MASTER_ADDR
+# (README, Multi-node). Other flags are passed through.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/folds.sh
 MODEL_DIR=videomae_pretrain_base_dim512_local_global_attn_depth16_region_size2510_patch16_160_frame_16x4_tube_mask_ratio_0.9_e100_with_diff_target_server170
 FINETUNE=${FINETUNE-./saved/model/pretraining/voxceleb2/${MODEL_DIR}/checkpoint-49.pth}  # FINETUNE= : from scratch
 OUTPUT_ROOT=${OUTPUT_ROOT:-./saved/model/finetuning}
-read -r -a FOLDS <<< "${SPLITS:-1 2 3 4 5}"
-ARGS=()
-while [ $# -gt 0 ]; do
-    if [ "$1" = --folds ]; then
-        shift
-        FOLDS=()
-        while [ $# -gt 0 ] && [[ "$1" != --* ]]; do FOLDS+=("$1"); shift; done
-    else
-        ARGS+=("$1")
-        shift
-    fi
-done
-RUNS=()
-for split in "${FOLDS[@]}"; do
-    OUTPUT_DIR=${OUTPUT_ROOT}/mafw/voxceleb2_${MODEL_DIR}/checkpoint-49/eval_split0${split}_lr_1e-3_epoch_100_size160_sr4_classify_token_type_region_server164
-    RUNS+=("$OUTPUT_DIR")
-    if [ -f "$OUTPUT_DIR/metrics.json" ] && grep -q "^Evaluation on the test set using" "$OUTPUT_DIR/log.txt"; then
-        echo "fold ${split}: finished (${OUTPUT_DIR}/metrics.json), skipped"
-        continue
-    fi
-    mkdir -p "$OUTPUT_DIR"
+
+fold_dir() {
+    echo "${OUTPUT_ROOT}/mafw/voxceleb2_${MODEL_DIR}/checkpoint-49/eval_split0$1_lr_1e-3_epoch_100_size160_sr4_classify_token_type_region_server164"
+}
+
+run_fold() {
+    local split=$1 dir=$2
+    shift 2
     OMP_NUM_THREADS=1 torchrun --nproc_per_node="${NPROC_PER_NODE:-3}" --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
         --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-12356}" \
         run_class_finetuning.py \
         --model vit_base_dim512_no_depth_patch16_160 --depth 16 \
         --data_set MAFW --nb_classes 11 --data_path "./saved/data/mafw/single/split0${split}" ${DATA_ROOT:+--data_root "$DATA_ROOT"} \
-        ${FINETUNE:+--finetune "$FINETUNE"} --log_dir "$OUTPUT_DIR" --output_dir "$OUTPUT_DIR" \
+        ${FINETUNE:+--finetune "$FINETUNE"} --log_dir "$dir" --output_dir "$dir" \
         --batch_size 32 --update_freq "${UPDATE_FREQ:-1}" --num_sample 1 --input_size 160 --short_side_size 160 \
         --save_ckpt_freq 1000 --num_frames 16 --sampling_rate 4 --opt adamw --lr 1e-3 --opt_betas 0.9 0.999 \
         --weight_decay 0.05 --epochs 100 --dist_eval --test_num_segment 2 --test_num_crop 2 --num_workers 16 \
-        --attn_type local_global --lg_region_size 2 5 10 --lg_classify_token_type region ${ARGS[@]+"${ARGS[@]}"} \
-        2>&1 | tee -a "$OUTPUT_DIR/nohup.out"
-done
-# The fold table, where the folds' results are (on the machine of rank 0).
-if [ "${NODE_RANK:-0}" = 0 ]; then
-    python summarize_folds.py "${RUNS[@]}" --out "$(dirname "${RUNS[0]}")/summary_$(basename "${RUNS[0]}" | sed 's/split0[0-9]*_//')"
-fi
+        --attn_type local_global --lg_region_size 2 5 10 --lg_classify_token_type region "$@"
+}
+
+run_folds fold_dir run_fold "$@"
