@@ -32,7 +32,7 @@ from torch.utils.data import default_collate
 from torchvision.transforms import RandomResizedCrop
 
 from demo_data import DEMO_CLASSES
-from utils import seeded_rngs
+from utils import ResumableSampler, get_rank, get_world_size, seeded_rngs
 
 logger = logging.getLogger(__name__)
 
@@ -612,3 +612,19 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def build_loader(dataset, args: argparse.Namespace, batch_size: int, train: bool = False,
+                 sequential: bool = False) -> torch.utils.data.DataLoader:
+    """Train and test go through a DistributedSampler (as in the original); validation does with --dist_eval."""
+    if sequential:
+        sampler = torch.utils.data.SequentialSampler(dataset)
+    else:
+        sampler = ResumableSampler(dataset, get_world_size(), get_rank(), shuffle=train,
+                                         seed=args.seed)
+    # Workers start afresh each epoch, with the dataset's current epoch (its draws depend on it); the loader's own
+    # generator keeps it from drawing a worker seed from the global RNG, which a resume restores step by step.
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=batch_size, num_workers=args.num_workers, drop_last=train,
+        pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(args.seed), collate_fn=getattr(dataset, "collate", None))

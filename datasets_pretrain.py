@@ -16,6 +16,7 @@ import torch
 
 from datasets import Annotation, _Frames, _resize_hwc, normalize, read_annotations
 from masking_generator import build_masking_generator
+from utils import seeded_rngs
 
 MULTI_SCALES = (1, 0.875, 0.75, 0.66)
 
@@ -74,20 +75,33 @@ def multi_scale_crop_box(width: int, height: int, input_size: int,
 class PretrainDataset(torch.utils.data.Dataset):
     """Items `(clip, mask)`: clip float32 (3, num_samples*num_frames, S, S) normalised; mask bool (N,), True = masked.
 
-    The mask is drawn per item from numpy's global RNG (seeded per worker), after the frame sampling.
+    The mask is drawn per item after the frame sampling. With `seed`, an item's random draws depend only on
+    (seed, epoch, index) (`set_epoch`), not on the worker or on earlier items: a resumed run sees the same clips.
     """
 
     def __init__(self, annotations: list[Annotation], mask_generator, *, num_frames: int = 16,
                  sampling_rate: int = 4, num_samples: int = 1, input_size: int = 224,
-                 face_crop: tuple[slice, slice] | None = None, augment: bool = True, frame_ext: str = "jpg"):
+                 face_crop: tuple[slice, slice] | None = None, augment: bool = True, frame_ext: str = "jpg",
+                 seed: int | None = None):
         self.annotations, self.mask_generator = annotations, mask_generator
+        self.seed, self.epoch = seed, 0
         self.num_frames, self.sampling_rate, self.num_samples = num_frames, sampling_rate, num_samples
         self.input_size, self.face_crop, self.augment, self.frame_ext = input_size, face_crop, augment, frame_ext
 
     def __len__(self) -> int:
         return len(self.annotations)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose draws items take (with `seed`); set it before the DataLoader iterator starts workers."""
+        self.epoch = epoch
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.seed is None:
+            return self._item(index)
+        with seeded_rngs(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])):
+            return self._item(index)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.annotations[index]
         source = _Frames(entry, self.frame_ext)
         indices = pretrain_indices(source.count, self.num_frames, self.sampling_rate, self.num_samples)
@@ -114,4 +128,4 @@ def build_pretrain_dataset(args: argparse.Namespace) -> PretrainDataset:
                                    else args.input_size)
     return PretrainDataset(annotations, generator, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
                            num_samples=args.num_samples, input_size=args.input_size, face_crop=face_crop,
-                           augment=not args.no_augmentation)
+                           augment=not args.no_augmentation, seed=args.seed)

@@ -36,6 +36,17 @@ def new_meters(state: dict[str, list[float]] | None = None) -> dict[str, Average
     return meters
 
 
+def apply_schedules(optimizer: torch.optim.Optimizer, it: int, lr_schedule_values=None,
+                    wd_schedule_values=None) -> None:
+    """Global step `it`'s learning rate (times a group's lr_scale) and weight decay (groups that decay)."""
+    if lr_schedule_values is None:
+        return
+    for group in optimizer.param_groups:
+        group["lr"] = float(lr_schedule_values[it]) * group.get("lr_scale", 1.0)
+        if wd_schedule_values is not None and group["weight_decay"] > 0:
+            group["weight_decay"] = float(wd_schedule_values[it])
+
+
 def autocast(device: torch.device, amp: str):
     """Mixed-precision context for --amp none | fp16 | bf16."""
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
@@ -69,11 +80,8 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
         if num_training_steps_per_epoch is not None and step >= num_training_steps_per_epoch:
             continue
         it = start_steps + step
-        if data_iter_step % update_freq == 0 and lr_schedule_values is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_schedule_values[it]) * group.get("lr_scale", 1.0)
-                if wd_schedule_values is not None and group["weight_decay"] > 0:
-                    group["weight_decay"] = float(wd_schedule_values[it])
+        if data_iter_step % update_freq == 0:
+            apply_schedules(optimizer, it, lr_schedule_values, wd_schedule_values)
 
         loss_value = float("nan")
         if mixup_fn is not None and len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one

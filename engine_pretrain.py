@@ -8,7 +8,7 @@ the normalisation, in normalised units). The loss is the MSE over the masked tok
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,7 @@ from timm.utils import AverageMeter
 from torch import nn
 from tqdm import tqdm
 
+import engine
 import utils
 from engine import NonFiniteLossError, autocast
 
@@ -101,23 +102,23 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     device: torch.device, epoch: int, objective: Objective, scaler: torch.amp.GradScaler | None,
                     amp: str, max_norm: float | None = None, log_writer=None, start_steps: int = 0,
                     lr_schedule_values=None, wd_schedule_values=None, num_samples: int = 1,
-                    last_checkpoint: str | None = None) -> dict[str, float]:
-    """One pretraining epoch with per-step LR / weight-decay schedules; returns the epoch averages.
+                    last_checkpoint: Callable[[], str | None] | None = None, start_step: int = 0,
+                    meters: dict[str, AverageMeter] | None = None, on_step: Callable | None = None
+                    ) -> dict[str, float]:
+    """One pretraining epoch with per-step LR / weight-decay schedules; returns the epoch averages over all ranks.
 
-    A non-finite loss raises NonFiniteLossError naming the step, the loss and `last_checkpoint`. Under fp16 the
-    grad scaler skips steps whose gradients overflow (counted in `skipped_steps`), as the original's scaler does.
+    Resuming: the loader yields what is left of the epoch after `start_step` steps and `meters` holds their
+    averages; `on_step(step, meters)` runs after every step (e.g. a checkpoint). A non-finite loss raises
+    NonFiniteLossError naming the step, the loss and `last_checkpoint()`; under fp16 the grad scaler skips steps
+    whose gradients overflow (counted in `skipped_steps`), as the original's scaler does.
     """
     model.train()
-    meters = {k: AverageMeter() for k in ("loss", "loss_scale", "lr", "min_lr", "weight_decay", "grad_norm")}
-    skipped = 0
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True)
-    for step, (videos, mask) in enumerate(progress):
+    meters = meters or engine.new_meters()
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+                    initial=start_step, total=start_step + len(data_loader))
+    for step, (videos, mask) in enumerate(progress, start_step):
         it = start_steps + step
-        if lr_schedule_values is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_schedule_values[it]) * group.get("lr_scale", 1.0)
-                if wd_schedule_values is not None and group["weight_decay"] > 0:
-                    group["weight_decay"] = float(wd_schedule_values[it])
+        engine.apply_schedules(optimizer, it, lr_schedule_values, wd_schedule_values)
         videos, mask = split_samples(videos.to(device, non_blocking=True), mask.to(device, non_blocking=True),
                                      num_samples)
         target = objective.targets(videos, mask)
@@ -125,9 +126,9 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
             loss = objective.loss(model(videos, mask), target)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at epoch {epoch}, step {step} (global step {it}); last good checkpoint: "
-                f"{last_checkpoint or 'none yet'}")
+            checkpoint = last_checkpoint() if last_checkpoint is not None else None
+            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step} (global step {it}); "
+                                     f"last good checkpoint: {checkpoint or 'none written yet'}")
 
         optimizer.zero_grad()
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -138,7 +139,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
             scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
-            skipped += scaler.get_scale() < scale
+            meters["skipped_steps"].update(int(scaler.get_scale() < scale))
         else:
             optimizer.step()
 
@@ -152,4 +153,8 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
         if log_writer is not None:
             for name, value in values.items():
                 log_writer.add_scalar(("loss/" if name == "loss" else "opt/") + name, value, it)
-    return {**_reduce_across_ranks(meters), "skipped_steps": skipped}
+        if on_step is not None:
+            on_step(step + 1, meters)
+    skipped = int(meters["skipped_steps"].sum)
+    return {**_reduce_across_ranks({k: v for k, v in meters.items() if k != "skipped_steps"}),
+            "skipped_steps": skipped}

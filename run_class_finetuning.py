@@ -21,11 +21,12 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
+import datasets
 import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
 import utils
 from data_check import DataCheckError, check_lists
-from datasets import DATASETS, BadSampleLog, build_dataset, seed_worker
+from datasets import DATASETS, BadSampleLog, build_dataset
 from metrics import format_summary, write_test_report
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
@@ -140,32 +141,6 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
     return timm.create_model(args.model, **kwargs)
 
 
-def build_loader(dataset, args: argparse.Namespace, batch_size: int, train: bool = False,
-                 sequential: bool = False) -> torch.utils.data.DataLoader:
-    """Train and test go through a DistributedSampler (as in the original); validation does with --dist_eval."""
-    if sequential:
-        sampler = torch.utils.data.SequentialSampler(dataset)
-    else:
-        sampler = utils.ResumableSampler(dataset, utils.get_world_size(), utils.get_rank(), shuffle=train,
-                                         seed=args.seed)
-    # Workers start afresh each epoch, with the dataset's current epoch (its draws depend on it); the loader's own
-    # generator keeps it from drawing a worker seed from the global RNG, which a resume restores step by step.
-    return torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=batch_size, num_workers=args.num_workers, drop_last=train,
-        pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(args.seed), collate_fn=getattr(dataset, "collate", None))
-
-
-def check_output_dir(args: argparse.Namespace) -> None:
-    """Never overwrite a previous run silently: training without auto-resume refuses a folder that holds one."""
-    previous = utils.resume_candidates(args.output_dir) + sorted(Path(args.output_dir).glob("metrics.json"))
-    if args.eval and (Path(args.output_dir) / "metrics.json").exists():
-        logging.warning("%s holds a previous test: its pred.csv / metrics.json will be replaced", args.output_dir)
-    elif previous and not args.eval and not args.auto_resume and not args.resume:
-        raise FileExistsError(f"--output_dir {args.output_dir} holds a previous run ({previous[0].name}): resume it "
-                              f"(drop --no_auto_resume) or choose another --output_dir")
-
-
 def final_test(args, model, data_loader, device, epoch, header: str | None, checkpoint: str | None) -> dict:
     """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written."""
     records = engine.predict_views(data_loader, model, device, args.amp)
@@ -197,7 +172,7 @@ def main(args: argparse.Namespace) -> torch.nn.Module:
     if args.distributed:
         torch.distributed.barrier()
     args.output_dir = args.output_dir or "."
-    check_output_dir(args)
+    utils.check_output_dir(args)
 
     check_data(args)
     dataset_test, args.nb_classes = build_dataset(is_train=False, test_mode=True, args=args)
@@ -205,7 +180,7 @@ def main(args: argparse.Namespace) -> torch.nn.Module:
     dataset_val = None
     if not args.eval and not args.disable_eval_during_finetuning:
         dataset_val = build_dataset(is_train=False, test_mode=False, args=args)[0]
-    loader_test = build_loader(dataset_test, args, args.batch_size)
+    loader_test = datasets.build_loader(dataset_test, args, args.batch_size)
 
     model = create_model(args)
     if args.finetune:
@@ -240,10 +215,11 @@ def main(args: argparse.Namespace) -> torch.nn.Module:
             logging.info(format_summary(stats, args.output_dir))
         return model_without_ddp
 
-    loader_train = build_loader(dataset_train, args, args.batch_size, train=True)
+    loader_train = datasets.build_loader(dataset_train, args, args.batch_size, train=True)
     loader_val = None
     if dataset_val is not None:
-        loader_val = build_loader(dataset_val, args, int(1.5 * args.batch_size), sequential=not args.dist_eval)
+        loader_val = datasets.build_loader(dataset_val, args, int(1.5 * args.batch_size),
+                                           sequential=not args.dist_eval)
     steps_per_epoch = len(dataset_train) // total_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has {len(dataset_train)} clips, fewer than one global batch "

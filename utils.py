@@ -372,6 +372,16 @@ def save_model(args: argparse.Namespace, epoch: int | str, model: nn.Module, opt
     return path
 
 
+def check_output_dir(args: argparse.Namespace) -> None:
+    """Never overwrite a previous run silently: training without auto-resume refuses a folder that holds one."""
+    previous = resume_candidates(args.output_dir) + sorted(Path(args.output_dir).glob("metrics.json"))
+    if args.eval and (Path(args.output_dir) / "metrics.json").exists():
+        logger.warning("%s holds a previous test: its pred.csv / metrics.json will be replaced", args.output_dir)
+    elif previous and not args.eval and not args.auto_resume and not args.resume:
+        raise FileExistsError(f"--output_dir {args.output_dir} holds a previous run ({previous[0].name}): resume it "
+                              f"(drop --no_auto_resume) or choose another --output_dir")
+
+
 def resume_candidates(output_dir: str | Path) -> list[Path]:
     """Resume points, newest first: checkpoint-last.pth, then checkpoint-<N>.pth by decreasing N (not -best)."""
     last = Path(output_dir) / LAST

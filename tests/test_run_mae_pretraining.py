@@ -66,6 +66,37 @@ def test_a_missing_video_stops_the_run_before_training(videos_root, tmp_path):
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_mid_epoch_equals_the_uninterrupted_run(videos_root, tmp_path, monkeypatch):
+    flags = ("--epochs", "2", "--save_every_steps", "1", "--num_workers", "1", "--save_recon", "0")
+    rmp.main(demo_args(videos_root, tmp_path / "whole", *flags))  # 10 videos, batch 4: 2 steps per epoch
+
+    calls = {"n": 0}
+    loss = engine_pretrain.reconstruction_loss
+
+    def interrupted_in_the_fourth_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupted
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(engine_pretrain, "reconstruction_loss", interrupted_in_the_fourth_step)
+    with pytest.raises(Interrupted):
+        rmp.main(demo_args(videos_root, tmp_path / "resumed", *flags))
+    last = utils.load_checkpoint(tmp_path / "resumed" / "checkpoint-last.pth")
+    assert (last["epoch"], last["step"]) == (1, 1)
+    monkeypatch.undo()
+    rmp.main(demo_args(videos_root, tmp_path / "resumed", *flags))
+
+    whole, resumed = (utils.load_checkpoint(tmp_path / run / "checkpoint-1.pth") for run in ("whole", "resumed"))
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert (tmp_path / "whole" / "log.txt").read_text() == (tmp_path / "resumed" / "log.txt").read_text()
+
+
 def test_pretrained_checkpoint_initialises_the_demo_fine_tune_model(videos_root, tmp_path):
     rmp.main(demo_args(videos_root, tmp_path, "--epochs", "1"))
     pretrained = utils.load_checkpoint(tmp_path / "checkpoint-0.pth")["model"]
@@ -153,7 +184,7 @@ def test_non_finite_loss_names_the_step_and_the_last_checkpoint():
     optimizer = torch.optim.AdamW(model.parameters())
     with pytest.raises(FloatingPointError, match=r"nan at epoch 3, step 0 .*global step 30.*checkpoint-2.pth"):
         engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 3, engine_pretrain.Objective(),
-                                        None, "none", start_steps=30, last_checkpoint="out/checkpoint-2.pth")
+                                        None, "none", start_steps=30, last_checkpoint=lambda: "out/checkpoint-2.pth")
 
 
 def test_repeated_sampling_splits_the_clip_and_repeats_its_mask():
