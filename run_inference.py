@@ -1,0 +1,348 @@
+"""Predict facial expressions over time in your own videos with a fine-tuned MAE-DFER / MAE-DFER-CA checkpoint.
+
+For every video: detect the faces (`faces.py`), keep the main one, smooth its box, crop it as the datasets' face
+frames are cropped, slide a window of num_frames frames at the checkpoint's sampling rate over the video, predict
+class probabilities per window and average them into a clip-level prediction. Writes, per video, timeline.csv,
+summary.json, timeline.png and with --render an annotated mp4 (`timeline.py`).
+
+    python run_inference.py --checkpoint CKPT --video talk.mp4 --out saved/inference
+    python run_inference.py --demo      # a video made from the portrait matplotlib ships, and the demo checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import faces
+import run_class_finetuning as rcf
+import timeline
+import utils
+from datasets import DATASETS, VIDEO_EXTENSIONS, loaded_test_indices, normalize
+from engine import autocast
+
+logger = logging.getLogger(__name__)
+
+# The model-defining flags: taken from the checkpoint's stored arguments; given on the command line they must agree.
+MODEL_FLAGS = ("model", "nb_classes", "data_set", "fusion", "depth", "input_size", "num_frames", "sampling_rate",
+               "tubelet_size", "attn_type", "lg_region_size", "lg_classify_token_type")
+# For a checkpoint without stored arguments: the released scripts' configuration (finetune.md §2.1-2.2).
+SCRIPT_CONFIG = dict(model="vit_base_dim512_no_depth_patch16_160", depth=16, input_size=160, num_frames=16,
+                     attn_type="local_global", lg_region_size=[2, 5, 10], lg_classify_token_type="region")
+DEMO_VIDEO = Path("saved/data/demo_video/portrait.mp4")
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: unreadable, empty, or without a face."""
+
+
+class NoFaceError(VideoError):
+    """No face was found in the video (or too few frames of every window had one)."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("MAE-DFER: expression timeline of videos", add_help=True)
+    add = p.add_argument
+    add("--checkpoint", default=None, help="fine-tuned checkpoint (ours or the original authors')")
+    add("--video", action="append", default=[], help="an input video; may be repeated")
+    add("--video_dir", default=None, help="every video file in this folder")
+    add("--out", default="saved/inference", help="outputs go to OUT/<video name>/")
+    # Model: from the checkpoint's stored args where present, else from these flags (finetune.md defaults).
+    add("--model", default=None)
+    add("--nb_classes", default=None, type=int)
+    add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
+    add("--fusion", default=None, choices=["none", "add", "cat", "pos"])
+    add("--depth", default=None, type=int)
+    add("--input_size", default=None, type=int)
+    add("--num_frames", default=None, type=int)
+    add("--sampling_rate", default=None, type=int, help="default: 1 for FERV39k, 4 otherwise (the scripts')")
+    add("--tubelet_size", default=None, type=int)
+    add("--attn_type", default=None, choices=["joint", "local_global"])
+    add("--lg_region_size", default=None, type=int, nargs="+")
+    add("--lg_classify_token_type", default=None, choices=["org", "region", "all"])
+    # Windows and prediction
+    add("--stride", default=None, type=int, help="frames between window starts (default: half a window)")
+    add("--batch_size", default=8, type=int)
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 (or fp16) on CUDA, none on CPU")
+    # Faces
+    add("--face", default="haar", choices=list(faces.DETECTORS), help="'none': the frames are face crops already")
+    add("--detect_size", default=320, type=int, help="detect on frames scaled down to this longest side")
+    add("--face_scale", default=1.4, type=float, help="crop side / detected face side")
+    add("--smooth", default=2, type=int, help="box smoothing radius, in examined frames")
+    add("--min_face_frames", default=None, type=int, help="predict a window only if this many of its frames "
+        "had a face (default: half)")
+    add("--render", action="store_true", help="also write an annotated mp4")
+    add("--demo", action="store_true", help="make the demo video and use the demo checkpoint (trained if missing)")
+    return p
+
+
+def infer_fusion(state_dict: dict[str, torch.Tensor]) -> str:
+    """The CA fusion a state dict was trained with (the CA fork's checkpoints do not store it): model.md §3."""
+    if "vit_pos.cls_token" in state_dict:
+        return "pos"
+    if "fc1.weight" not in state_dict:
+        return "none"
+    return "cat" if state_dict["head.weight"].shape[1] == 2 * state_dict["fc_norm.weight"].shape[0] else "add"
+
+
+def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespace:
+    """Fine-tuning arguments for `rcf.create_model`: the checkpoint's stored ones, else the flags and the scripts'
+    configuration; a flag that contradicts the checkpoint is an error."""
+    cfg = rcf.get_args_parser().parse_args([])
+    stored = checkpoint.get("args") if isinstance(checkpoint.get("args"), argparse.Namespace) else None
+    if stored is None:
+        vars(cfg).update(SCRIPT_CONFIG)
+    else:
+        vars(cfg).update(vars(stored))
+    if stored is None or "fusion" not in vars(stored):
+        cfg.fusion = infer_fusion(utils.select_state_dict(checkpoint))
+    for name in MODEL_FLAGS:
+        given = getattr(args, name)
+        if given is None:
+            continue
+        if stored is not None and name in vars(stored) and _same(getattr(stored, name)) != _same(given):
+            raise utils.CheckpointError(f"{args.checkpoint}: --{name} {given} does not match the checkpoint, which "
+                                        f"was trained with {name} {getattr(stored, name)}")
+        setattr(cfg, name, given)
+    if cfg.data_set not in DATASETS:
+        raise ValueError(f"{args.checkpoint}: unknown class list {cfg.data_set!r}: pass --data_set "
+                         f"({', '.join(DATASETS)})")
+    classes = DATASETS[cfg.data_set].classes
+    if stored is None and args.nb_classes is None:
+        cfg.nb_classes = len(classes)
+    if stored is None and args.sampling_rate is None:
+        cfg.sampling_rate = 1 if cfg.data_set == "FERV39k" else 4
+    if cfg.nb_classes != len(classes):
+        raise utils.CheckpointError(f"{args.checkpoint}: {cfg.nb_classes} classes, but {cfg.data_set} has "
+                                    f"{len(classes)} ({', '.join(classes)})")
+    cfg.num_segments, cfg.drop_path = 1, 0.0
+    return cfg
+
+
+def _same(value):
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, argparse.Namespace, dict]:
+    """The model with the checkpoint's weights (strict), its configuration and its identity for summary.json."""
+    checkpoint = utils.load_checkpoint(args.checkpoint)
+    cfg = model_config(args, checkpoint)
+    model = rcf.create_model(cfg)
+    utils.load_model_weights(model, args.checkpoint)
+    digest = hashlib.sha256()
+    with open(args.checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    identity = dict(checkpoint=str(args.checkpoint), sha256=digest.hexdigest(), epoch=checkpoint.get("epoch"),
+                    **{k: _same(getattr(cfg, k)) for k in MODEL_FLAGS},
+                    classes=list(DATASETS[cfg.data_set].classes),
+                    parameters=sum(p.numel() for p in model.parameters()))
+    return model.to(device).eval(), cfg, identity
+
+
+def open_video(path: str | Path):
+    """A decord reader and the frame rate; FileNotFoundError / VideoError name the file and the problem."""
+    import decord
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such video file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: the file is empty (0 bytes)")
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+    except Exception as err:
+        raise VideoError(f"{path}: cannot read the video: {str(err).splitlines()[0]}") from None
+    if len(reader) == 0:
+        raise VideoError(f"{path}: the video has no frames")
+    fps = float(reader.get_avg_fps())
+    if not fps > 0:
+        logger.warning("%s: no frame rate in the file, assuming 25 fps", path)
+        fps = 25.0
+    return reader, fps
+
+
+def plan_windows(n: int, num_frames: int, rate: int, stride: int) -> np.ndarray:
+    """(windows, num_frames) frame indices: every rate-th frame from each start, starts every `stride` frames and
+    one ending at the last full window. A video shorter than one window gets one, padded with its last sampled
+    frame as the test loader pads short clips (datasets.loaded_test_indices)."""
+    span = (num_frames - 1) * rate + 1
+    if n < span:
+        return loaded_test_indices(n, num_frames, rate)[None, :num_frames]
+    starts = list(range(0, n - span + 1, stride))
+    if starts[-1] != n - span:
+        starts.append(n - span)
+    return np.array(starts)[:, None] + rate * np.arange(num_frames)
+
+
+def read_frames(reader, frames: np.ndarray, chunk: int = 32):
+    """Yield (frame index, RGB frame) for the sorted `frames`, decoded a chunk at a time."""
+    for i in range(0, len(frames), chunk):
+        batch = reader.get_batch(frames[i:i + chunk].tolist()).asnumpy()
+        yield from zip(frames[i:i + chunk].tolist(), batch)
+
+
+@torch.no_grad()
+def predict_windows(model, clips: list[torch.Tensor], device: torch.device, amp: str, batch_size: int,
+                    desc: str) -> np.ndarray:
+    """Softmax probabilities (float64) of each (3, T, S, S) clip, batched."""
+    probs = []
+    for i in tqdm(range(0, len(clips), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        with autocast(device, amp):
+            logits = model(torch.stack(clips[i:i + batch_size]).to(device))
+        probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+    return np.concatenate(probs)
+
+
+def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argparse.Namespace,
+                  device: torch.device) -> dict:
+    """Detect, track, crop and predict one video; returns everything timeline.py writes."""
+    seconds = dict.fromkeys(("decode", "detect", "crop", "predict"), 0.0)
+    tick = time.perf_counter()
+    reader, fps = open_video(path)
+    n = len(reader)
+    height, width = reader[0].shape[:2]
+    span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
+    windows = plan_windows(n, cfg.num_frames, cfg.sampling_rate, args.stride or max(span // 2, 1))
+    notes = []
+    if n < span:
+        notes.append(f"the video has {n} frames, fewer than one window ({cfg.num_frames} frames every "
+                     f"{cfg.sampling_rate} = {span} frames): its last sampled frame is repeated to fill the window")
+        logger.warning("%s: %s", path, notes[-1])
+    examined = np.unique(windows)
+    seconds["decode"] += time.perf_counter() - tick
+
+    detector = faces.HaarFaceDetector(max_side=args.detect_size) if args.face == "haar" else \
+        faces.DETECTORS[args.face]()
+    detections = []
+    tick = time.perf_counter()
+    for _, frame in tqdm(read_frames(reader, examined), total=len(examined), desc="faces", leave=False,
+                         dynamic_ncols=True):
+        start = time.perf_counter()
+        detections.append(detector(frame))
+        seconds["detect"] += time.perf_counter() - start
+    seconds["decode"] += time.perf_counter() - tick - seconds["detect"]
+    boxes = faces.main_track(detections)
+    found = ~np.isnan(boxes[:, 0])
+    if not found.any():
+        raise NoFaceError(f"{path}: no face found in any of the {len(examined)} frames examined (detector "
+                          f"{args.face}); if the video is already a face crop, use --face none")
+    position = {f: i for i, f in enumerate(examined.tolist())}
+    face_frames = found[np.vectorize(position.get)(windows)].sum(axis=1)
+    min_face = args.min_face_frames if args.min_face_frames is not None else (cfg.num_frames + 1) // 2
+    predicted = face_frames >= min_face
+    if not predicted.any():
+        raise NoFaceError(f"{path}: a face was found in {found.sum()} of {len(examined)} frames examined, but no "
+                          f"window has {min_face} frames with a face (--min_face_frames)")
+
+    # Second pass: frames are decoded again rather than kept, so memory stays at one crop per frame.
+    tick = time.perf_counter()
+    crop_boxes = np.array([faces.crop_box(b, args.face_scale)
+                           for b in faces.fill_missing(faces.smooth_boxes(boxes, args.smooth))])
+    crops = {}
+    for f, frame in read_frames(reader, np.unique(windows[predicted])):
+        start = time.perf_counter()
+        crops[f] = faces.crop(frame, crop_boxes[position[f]], cfg.input_size)
+        seconds["crop"] += time.perf_counter() - start
+    start = time.perf_counter()
+    clips = [normalize(np.stack([crops[f] for f in row])) for row in windows[predicted]]
+    seconds["crop"] += time.perf_counter() - start
+    seconds["decode"] += time.perf_counter() - tick - seconds["crop"]
+
+    tick = time.perf_counter()
+    probs = np.full((len(windows), cfg.nb_classes), np.nan)
+    probs[predicted] = predict_windows(model, clips, device, args.amp, args.batch_size, f"windows {Path(path).name}")
+    seconds["predict"] = time.perf_counter() - tick
+    return dict(video=str(path), frames=n, fps=fps, width=width, height=height, windows=windows, probs=probs,
+                face_frames=face_frames, predicted=predicted, examined=examined, found=found, boxes=crop_boxes,
+                min_face_frames=min_face, notes=notes, seconds=seconds)
+
+
+def list_videos(args: argparse.Namespace) -> list[Path]:
+    videos = [Path(v) for v in args.video]
+    if args.video_dir:
+        folder = Path(args.video_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder (--video_dir)")
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+        if not found:
+            raise FileNotFoundError(f"{folder}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+        videos += found
+    if not videos:
+        raise ValueError("no input: pass --video FILE (repeatable) or --video_dir FOLDER")
+    return videos
+
+
+def prepare_demo(args: argparse.Namespace) -> None:
+    """--demo: the portrait video (made once) and the demo fine-tuning's checkpoint (trained if there is none)."""
+    from demo_data import make_face_video
+
+    if not args.video and not args.video_dir:
+        if not DEMO_VIDEO.is_file():
+            DEMO_VIDEO.parent.mkdir(parents=True, exist_ok=True)
+            make_face_video(DEMO_VIDEO, seconds=8.0)
+        args.video = [str(DEMO_VIDEO)]
+    if args.checkpoint is None:
+        demo_dir = Path(rcf.DEMO_DEFAULTS["output_dir"])
+        latest = utils.latest_checkpoint(demo_dir) if demo_dir.is_dir() else None
+        if latest is None:
+            logger.info("no demo checkpoint in %s: running the demo fine-tuning first", demo_dir)
+            parser = rcf.get_args_parser()
+            parser.set_defaults(**rcf.DEMO_DEFAULTS)
+            rcf.main(parser.parse_args([]))
+            latest = utils.latest_checkpoint(demo_dir)
+        args.checkpoint = str(latest)
+    args.out = args.out if args.out != "saved/inference" else "saved/inference/demo"
+    args.render = True
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # datasets.py turns OpenCV's threads off for DataLoader workers; here there are none, and the cascade's scales
+    # run in parallel.
+    cv2.setNumThreads(torch.get_num_threads())
+    if args.demo:
+        prepare_demo(args)
+    if args.checkpoint is None:
+        raise ValueError("--checkpoint is required (or --demo)")
+    videos = list_videos(args)
+    device = torch.device(args.device)
+    if args.amp is None:
+        args.amp = "none" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    model, cfg, identity = load_model(args, device)
+    logger.info("model %s (fusion %s, %s: %d classes), %d frames every %d, input %d px", cfg.model, cfg.fusion,
+                cfg.data_set, cfg.nb_classes, cfg.num_frames, cfg.sampling_rate, cfg.input_size)
+    results, failures = [], []
+    names: set[str] = set()
+    for video in tqdm(videos, desc="videos", disable=len(videos) == 1, dynamic_ncols=True):
+        name = video.stem
+        while name in names:
+            name += "_"
+        names.add(name)
+        try:
+            result = process_video(video, model, cfg, args, device)
+        except (OSError, VideoError) as err:
+            if len(videos) == 1:
+                raise
+            logger.error("%s", err)
+            failures.append(str(err))
+            continue
+        result["summary"] = timeline.write_outputs(result, Path(args.out) / name, identity, args.render)
+        logger.info(timeline.describe(result["summary"], Path(args.out) / name))
+        results.append(result)
+    if failures:
+        raise VideoError(f"{len(failures)} of {len(videos)} videos failed:\n  " + "\n  ".join(failures))
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
