@@ -98,9 +98,11 @@ def smooth_boxes(boxes: np.ndarray, radius: int) -> np.ndarray:
     side = (boxes[:, 2:] - boxes[:, :2]).max(axis=1, keepdims=True)
     params = np.concatenate([centre, side], axis=1)
     found = ~np.isnan(params[:, 0])
-    kernel = np.ones(2 * radius + 1)
-    total = np.stack([np.convolve(np.where(found, p, 0.0), kernel, mode="same") for p in params.T], axis=1)
-    count = np.convolve(found.astype(float), kernel, mode="same")[:, None]
+    def window_sum(x: np.ndarray) -> np.ndarray:
+        return np.convolve(x, np.ones(2 * radius + 1))[radius:radius + len(x)]
+
+    total = np.stack([window_sum(np.where(found, p, 0.0)) for p in params.T], axis=1)
+    count = window_sum(found.astype(float))[:, None]
     params = np.where(found[:, None], total / np.maximum(count, 1), np.nan)
     return np.concatenate([params[:, :2] - params[:, 2:] / 2, params[:, :2] + params[:, 2:] / 2], axis=1)
 
