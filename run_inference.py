@@ -300,7 +300,7 @@ def prepare_demo(args: argparse.Namespace) -> None:
     if not args.video and not args.video_dir:
         if not DEMO_VIDEO.is_file():
             DEMO_VIDEO.parent.mkdir(parents=True, exist_ok=True)
-            make_face_video(DEMO_VIDEO, seconds=8.0)
+            make_face_video(DEMO_VIDEO, seconds=8.0, face_height=0.3)
         args.video = [str(DEMO_VIDEO)]
     if args.checkpoint is None:
         demo_dir = Path(rcf.DEMO_DEFAULTS["output_dir"])

@@ -112,6 +112,7 @@ def render_video(result: dict, table: pd.DataFrame, classes: list[str], path: Pa
                              (result["width"], result["height"]))
     scale = max(result["height"] / 480, 0.5)
     thick = max(int(2 * scale), 1)
+    panel_bottom = int((8 + 18 * len(classes)) * scale)
     for start in range(0, len(frames), 64):
         chunk = frames[start:start + 64]
         for f, frame in zip(chunk, reader.get_batch(chunk.tolist()).asnumpy()):
@@ -120,9 +121,13 @@ def render_video(result: dict, table: pd.DataFrame, classes: list[str], path: Pa
             probs = result["probs"][w]
             x0, y0, x1, y1 = boxes[f].round().astype(int)
             cv2.rectangle(image, (x0, y0), (x1, y1), (0, 220, 0), thick)
-            cv2.putText(image, f"{table['top_class'][w]} {probs.max():.2f}", (x0, max(y0 - 8, 20)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, (0, 220, 0), thick, cv2.LINE_AA)
-            panel = image[:int((8 + 18 * len(classes)) * scale), :int(230 * scale)]
+            label_y = y0 - 8 if y0 - 8 > panel_bottom + 20 * scale else max(y0, int(panel_bottom)) + int(28 * scale)
+            label, origin = f"{table['top_class'][w]} {probs.max():.2f}", (max(x0, 0) + 4, label_y)
+            (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, thick)
+            cv2.rectangle(image, (origin[0] - 3, origin[1] - text_h - 5), (origin[0] + text_w + 3, origin[1] + 5),
+                          (0, 0, 0), -1)
+            cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, (0, 230, 0), thick, cv2.LINE_AA)
+            panel = image[:panel_bottom, :int(230 * scale)]
             panel[:] = panel // 3  # darken behind the bars so the labels read on any background
             for k, (name, p) in enumerate(zip(classes, probs)):
                 y = int((16 + 18 * k) * scale)
