@@ -193,13 +193,15 @@ def read_frames(reader, frames: np.ndarray, chunk: int = 32):
 
 
 @torch.no_grad()
-def predict_windows(model, clips: list[torch.Tensor], device: torch.device, amp: str, batch_size: int,
-                    desc: str) -> np.ndarray:
-    """Softmax probabilities (float64) of each (3, T, S, S) clip, batched."""
+def predict_windows(model, rows: np.ndarray, crops: dict[int, np.ndarray], device: torch.device, amp: str,
+                    batch_size: int, desc: str) -> np.ndarray:
+    """Softmax probabilities (float64) of the windows whose frame indices are `rows`, batched; each batch's clips
+    are assembled from the crops only when it runs, so memory does not grow with the number of windows."""
     probs = []
-    for i in tqdm(range(0, len(clips), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+    for i in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        clips = torch.stack([normalize(np.stack([crops[f] for f in row])) for row in rows[i:i + batch_size]])
         with autocast(device, amp):
-            logits = model(torch.stack(clips[i:i + batch_size]).to(device))
+            logits = model(clips.to(device))
         probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
     return np.concatenate(probs)
 
@@ -254,14 +256,12 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
         start = time.perf_counter()
         crops[f] = faces.crop(frame, crop_boxes[position[f]], cfg.input_size)
         seconds["crop"] += time.perf_counter() - start
-    start = time.perf_counter()
-    clips = [normalize(np.stack([crops[f] for f in row])) for row in windows[predicted]]
-    seconds["crop"] += time.perf_counter() - start
     seconds["decode"] += time.perf_counter() - tick - seconds["crop"]
 
     tick = time.perf_counter()
     probs = np.full((len(windows), cfg.nb_classes), np.nan)
-    probs[predicted] = predict_windows(model, clips, device, args.amp, args.batch_size, f"windows {Path(path).name}")
+    probs[predicted] = predict_windows(model, windows[predicted], crops, device, args.amp, args.batch_size,
+                                       f"windows {Path(path).name}")
     seconds["predict"] = time.perf_counter() - tick
     return dict(video=str(path), frames=n, fps=fps, width=width, height=height, windows=windows, probs=probs,
                 face_frames=face_frames, predicted=predicted, examined=examined, found=found, boxes=crop_boxes,

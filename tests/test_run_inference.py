@@ -189,3 +189,15 @@ def test_fine_tune_then_predict_end_to_end(tmp_path):
     assert result["found"].all() and np.allclose(result["probs"].sum(axis=1), 1)
     assert len(pd.read_csv(tmp_path / "out" / "talk" / "timeline.csv")) == 22
     assert (tmp_path / "out" / "talk" / "annotated.mp4").stat().st_size > 0
+
+
+def test_video_dir_lists_the_video_files(tmp_path):
+    for name in ("b.mp4", "a.MOV", "notes.txt"):
+        (tmp_path / name).touch()
+    args = ri.get_args_parser().parse_args(["--video_dir", str(tmp_path), "--video", "x.mp4"])
+    assert [p.name for p in ri.list_videos(args)] == ["x.mp4", "a.MOV", "b.mp4"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no video files"):
+        ri.list_videos(ri.get_args_parser().parse_args(["--video_dir", str(tmp_path / "empty")]))
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
+        ri.list_videos(ri.get_args_parser().parse_args(["--video_dir", str(tmp_path / "nowhere")]))
