@@ -185,10 +185,14 @@ def plan_windows(n: int, num_frames: int, rate: int, stride: int) -> np.ndarray:
     return np.array(starts)[:, None] + rate * np.arange(num_frames)
 
 
-def read_frames(reader, frames: np.ndarray, chunk: int = 32):
+def read_frames(reader, frames: np.ndarray, path: str | Path, chunk: int = 32):
     """Yield (frame index, RGB frame) for the sorted `frames`, decoded a chunk at a time."""
     for i in range(0, len(frames), chunk):
-        batch = reader.get_batch(frames[i:i + chunk].tolist()).asnumpy()
+        try:
+            batch = reader.get_batch(frames[i:i + chunk].tolist()).asnumpy()
+        except Exception as err:
+            raise VideoError(f"{path}: cannot decode frames {frames[i]}..{frames[i:i + chunk][-1]}: "
+                             f"{str(err).splitlines()[0]}") from None
         yield from zip(frames[i:i + chunk].tolist(), batch)
 
 
@@ -213,7 +217,7 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
     tick = time.perf_counter()
     reader, fps = open_video(path)
     n = len(reader)
-    height, width = reader[0].shape[:2]
+    height, width = next(read_frames(reader, np.zeros(1, int), path))[1].shape[:2]
     span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
     windows = plan_windows(n, cfg.num_frames, cfg.sampling_rate, args.stride or max(span // 2, 1))
     notes = []
@@ -228,7 +232,7 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
         faces.DETECTORS[args.face]()
     detections = []
     tick = time.perf_counter()
-    for _, frame in tqdm(read_frames(reader, examined), total=len(examined), desc="faces", leave=False,
+    for _, frame in tqdm(read_frames(reader, examined, path), total=len(examined), desc="faces", leave=False,
                          dynamic_ncols=True):
         start = time.perf_counter()
         detections.append(detector(frame))
@@ -252,7 +256,7 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
     crop_boxes = np.array([faces.crop_box(b, args.face_scale)
                            for b in faces.fill_missing(faces.smooth_boxes(boxes, args.smooth))])
     crops = {}
-    for f, frame in read_frames(reader, np.unique(windows[predicted])):
+    for f, frame in read_frames(reader, np.unique(windows[predicted]), path):
         start = time.perf_counter()
         crops[f] = faces.crop(frame, crop_boxes[position[f]], cfg.input_size)
         seconds["crop"] += time.perf_counter() - start
