@@ -69,7 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--lg_region_size", default=None, type=int, nargs="+")
     add("--lg_classify_token_type", default=None, choices=["org", "region", "all"])
     # Windows and prediction
-    add("--stride", default=None, type=int, help="frames between window starts (default: half a window)")
+    add("--stride", default=None, type=int, help="frames between window starts (default: half a window, "
+        "rounded to a multiple of the sampling rate)")
     add("--batch_size", default=8, type=int)
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--amp", default=None, choices=["none", "fp16", "bf16"],
@@ -173,16 +174,24 @@ def open_video(path: str | Path):
 
 
 def plan_windows(n: int, num_frames: int, rate: int, stride: int) -> np.ndarray:
-    """(windows, num_frames) frame indices: every rate-th frame from each start, starts every `stride` frames and
-    one ending at the last full window. A video shorter than one window gets one, padded with its last sampled
-    frame as the test loader pads short clips (datasets.loaded_test_indices)."""
+    """(windows, num_frames) frame indices: every rate-th frame from each start, starts every `stride` frames and a
+    last one at the latest multiple of `rate` that still fits (so that, with a stride that is a multiple of the rate,
+    all windows sample the same frames 0, rate, 2 rate, ... and each is decoded and examined once). A video shorter
+    than one window gets one, padded with its last sampled frame as the test loader pads short clips
+    (datasets.loaded_test_indices)."""
     span = (num_frames - 1) * rate + 1
     if n < span:
         return loaded_test_indices(n, num_frames, rate)[None, :num_frames]
     starts = list(range(0, n - span + 1, stride))
-    if starts[-1] != n - span:
-        starts.append(n - span)
+    last = (n - span) // rate * rate
+    if starts[-1] < last:
+        starts.append(last)
     return np.array(starts)[:, None] + rate * np.arange(num_frames)
+
+
+def default_stride(num_frames: int, rate: int) -> int:
+    """Half a window, rounded to a multiple of the sampling rate (see plan_windows)."""
+    return max(round((num_frames - 1) * rate / 2 / rate) * rate, rate)
 
 
 def read_frames(reader, frames: np.ndarray, path: str | Path, chunk: int = 32):
@@ -219,7 +228,8 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
     n = len(reader)
     height, width = next(read_frames(reader, np.zeros(1, int), path))[1].shape[:2]
     span = (cfg.num_frames - 1) * cfg.sampling_rate + 1
-    windows = plan_windows(n, cfg.num_frames, cfg.sampling_rate, args.stride or max(span // 2, 1))
+    windows = plan_windows(n, cfg.num_frames, cfg.sampling_rate,
+                           args.stride or default_stride(cfg.num_frames, cfg.sampling_rate))
     notes = []
     if n < span:
         notes.append(f"the video has {n} frames, fewer than one window ({cfg.num_frames} frames every "

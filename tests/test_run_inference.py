@@ -84,8 +84,11 @@ def test_timeline_summary_plot_and_annotated_video_of_a_moving_face(checkpoint, 
 
 def test_windows_cover_the_video_at_the_sampling_rate():
     windows = ri.plan_windows(100, 16, 4, 30)
-    assert windows[:, 0].tolist() == [0, 30, 39] and windows[-1, -1] == 99
+    assert windows[:, 0].tolist() == [0, 30, 36] and windows[-1, -1] == 96
     assert (np.diff(windows, axis=1) == 4).all()
+    # The default stride is a multiple of the rate: every window samples the frames 0, 4, 8, ...
+    assert ri.default_stride(16, 4) == 32 and ri.default_stride(16, 1) == 8
+    assert set(np.unique(ri.plan_windows(200, 16, 4, ri.default_stride(16, 4))) % 4) == {0}
     short = ri.plan_windows(10, 16, 4, 30)
     assert short.tolist() == [loaded_test_indices(10, 16, 4)[:16].tolist()] == [[0, 4, 8] + [8] * 13]
 
