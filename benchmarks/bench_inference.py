@@ -1,7 +1,7 @@
 """run_inference.py on the CPU: frames/s of decoding, face detection, cropping and prediction, and the detectors.
 
 Makes a 640x360, 25 fps video of the portrait matplotlib ships (moving, zooming, re-lit: demo_data.make_face_video),
-saves a full-size model with random weights in our checkpoint format, and times `run_inference.process_video` by
+saves a full-size model with random weights in our checkpoint format, and times `engine_inference.process_video` by
 stage for each sampling rate (1 = FERV39k's, 4 = DFEW's / MAFW's) in float32 and with bf16 autocast. "video
 frames/s" is the video's frame count over the stage's seconds, so that the stages add up like rates (1 / total =
 sum of 1 / stage); "CPU s" is the process's CPU time, steadier than wall time on a machine shared with other jobs.
@@ -32,6 +32,7 @@ import run_class_finetuning as rcf
 import run_inference as ri
 import utils
 from demo_data import make_face_video
+from engine_inference import process_video
 
 
 def full_size_checkpoint(folder: Path, fusion: str, sampling_rate: int) -> Path:
@@ -54,7 +55,7 @@ def time_pipeline(video: Path, folder: Path, args: argparse.Namespace):
                                                          "--batch_size", str(args.batch_size)])
             model, cfg, _ = ri.load_model(inference, torch.device("cpu"))
             start, cpu = time.perf_counter(), time.process_time()
-            result = ri.process_video(video, model, cfg, inference, torch.device("cpu"))
+            result = process_video(video, model, cfg, inference, torch.device("cpu"))
             yield dict(rate=rate, amp=amp, frames=result["frames"], examined=len(result["examined"]),
                        windows=len(result["windows"]), total=time.perf_counter() - start,
                        cpu=time.process_time() - cpu, **result["seconds"])

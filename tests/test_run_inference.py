@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import engine_inference as ei
 import run_class_finetuning as rcf
 import run_inference as ri
 import utils
@@ -83,13 +84,13 @@ def test_timeline_summary_plot_and_annotated_video_of_a_moving_face(checkpoint, 
 
 
 def test_windows_cover_the_video_at_the_sampling_rate():
-    windows = ri.plan_windows(100, 16, 4, 30)
+    windows = ei.plan_windows(100, 16, 4, 30)
     assert windows[:, 0].tolist() == [0, 30, 36] and windows[-1, -1] == 96
     assert (np.diff(windows, axis=1) == 4).all()
     # The default stride is a multiple of the rate: every window samples the frames 0, 4, 8, ...
-    assert ri.default_stride(16, 4) == 32 and ri.default_stride(16, 1) == 8
-    assert set(np.unique(ri.plan_windows(200, 16, 4, ri.default_stride(16, 4))) % 4) == {0}
-    short = ri.plan_windows(10, 16, 4, 30)
+    assert ei.default_stride(16, 4) == 32 and ei.default_stride(16, 1) == 8
+    assert set(np.unique(ei.plan_windows(200, 16, 4, ei.default_stride(16, 4))) % 4) == {0}
+    short = ei.plan_windows(10, 16, 4, 30)
     assert short.tolist() == [loaded_test_indices(10, 16, 4)[:16].tolist()] == [[0, 4, 8] + [8] * 13]
 
 
@@ -127,23 +128,23 @@ def test_missing_empty_and_unreadable_videos(checkpoint, tmp_path):
         run("--checkpoint", str(checkpoint), "--video", str(tmp_path / "nope.mp4"))
     empty = tmp_path / "empty.mp4"
     empty.touch()
-    with pytest.raises(ri.VideoError, match=r"empty\.mp4: the file is empty \(0 bytes\)"):
+    with pytest.raises(ei.VideoError, match=r"empty\.mp4: the file is empty \(0 bytes\)"):
         run("--checkpoint", str(checkpoint), "--video", str(empty))
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video" * 100)
-    with pytest.raises(ri.VideoError, match=r"garbage\.mp4: cannot read the video"):
+    with pytest.raises(ei.VideoError, match=r"garbage\.mp4: cannot read the video"):
         run("--checkpoint", str(checkpoint), "--video", str(garbage))
 
 
 def test_a_video_without_a_face_is_an_error(checkpoint, tmp_path):
     path = plain_video(tmp_path / "wall.mp4", size=(160, 90))
-    with pytest.raises(ri.NoFaceError, match=r"wall\.mp4: no face found in any of the 20 frames examined"):
+    with pytest.raises(ei.NoFaceError, match=r"wall\.mp4: no face found in any of the 20 frames examined"):
         run("--checkpoint", str(checkpoint), "--video", str(path), "--out", str(tmp_path))
 
 
 def test_one_bad_video_among_several_is_reported_after_the_others(checkpoint, tmp_path):
     good = plain_video(tmp_path / "good.mp4")
-    with pytest.raises(ri.VideoError, match=r"1 of 2 videos failed:\n  .*missing\.mp4: no such video file"):
+    with pytest.raises(ei.VideoError, match=r"1 of 2 videos failed:\n  .*missing\.mp4: no such video file"):
         run("--checkpoint", str(checkpoint), "--video", str(tmp_path / "missing.mp4"), "--video", str(good),
             "--out", str(tmp_path), "--face", "none")
     assert (tmp_path / "good" / "timeline.csv").is_file()
