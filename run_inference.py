@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--batch_size", default=8, type=int)
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--amp", default=None, choices=["none", "fp16", "bf16"],
-        help="default: bf16 on CUDA (else fp16) and on CPUs with bf16 instructions, else none (float32)")
+        help="default: bf16 on CUDA (else fp16), none (float32) on the CPU")
     # Faces
     add("--face", default="haar", choices=list(faces.DETECTORS), help="'none': the frames are face crops already")
     add("--detect_size", default=320, type=int, help="detect on frames scaled down to this longest side")
@@ -143,13 +143,11 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn
 
 
 def default_amp(device: torch.device) -> str:
-    """bf16 autocast on CUDA (fp16 where bf16 is missing) and on CPUs with bf16 instructions (AVX512-BF16, AMX),
-    where it takes ~1.6x less CPU time per window than float32 (benchmarks/bench_inference.py); else float32."""
+    """bf16 autocast on CUDA (fp16 where bf16 is missing); float32 on the CPU, where bf16 was 1.5x faster on one
+    thread but not reliably faster on two (benchmarks/bench_inference.py): `--amp bf16` to try it."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    native_bf16 = [getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
-                                                                          "_is_amx_tile_supported")]
-    return "bf16" if device.type == "cpu" and any(native_bf16) else "none"
+    return "none"
 
 
 def list_videos(args: argparse.Namespace) -> list[Path]:
