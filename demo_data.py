@@ -343,6 +343,57 @@ def _rgb(color) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.clip(color, 0, 255))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# A demo video of a real face for run_inference.py: the portrait matplotlib ships (Grace Hopper, 512x600), moved,
+# zoomed and re-lit over time. Nothing is downloaded: matplotlib is already a dependency.
+
+# Eyes, nose and mouth of the portrait (x0, y0, x1, y1), marked by hand: the part any face crop must contain.
+PHOTO_FACE_CORE = (185.0, 165.0, 350.0, 310.0)
+
+
+def face_photo() -> np.ndarray:
+    """The portrait matplotlib ships, (600, 512, 3) uint8 RGB."""
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def make_face_video(path: str | os.PathLike, *, seconds: float = 6.0, fps: float = 25.0,
+                    size: tuple[int, int] = (640, 360), face_height: float = 0.45) -> np.ndarray:
+    """Write an mp4 of the portrait drifting, zooming (±15 %) and brightening / darkening (±25 %) smoothly.
+
+    face_height is the face core's height as a fraction of the frame height. Returns the face core's box in every
+    frame, (n, 4) as (x0, y0, x1, y1) pixels, so that a test can check detections and crops against it.
+    """
+    width, height = size
+    photo = face_photo()
+    core = np.array(PHOTO_FACE_CORE)
+    core_centre = (core[:2] + core[2:]) / 2
+    base_scale = face_height * height / (core[3] - core[1])
+    n = max(round(seconds * fps), 1)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV cannot write an mp4 here")
+    boxes = np.empty((n, 4))
+    for i in range(n):
+        t = i / fps
+        scale = base_scale * (1 + 0.15 * np.sin(2 * np.pi * t / 5.0))
+        centre = np.array([width / 2 + 0.18 * width * np.sin(2 * np.pi * t / 4.0),
+                           height / 2 + 0.08 * height * np.sin(2 * np.pi * t / 3.0 + 1)])
+        shift = centre - scale * core_centre
+        warp = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]])
+        frame = cv2.warpAffine(photo, warp, (width, height), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=(96, 110, 128))
+        gain = 1 + 0.25 * np.sin(2 * np.pi * t / 3.5)
+        frame = np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        boxes[i] = np.r_[scale * core[:2] + shift, scale * core[2:] + shift]
+    writer.release()
+    return boxes
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("Generate the synthetic dynamic-expression demo dataset")
     p.add_argument("--out", default="saved/data/demo", help="dataset root (frames/, train.csv, test.csv)")

@@ -1,0 +1,119 @@
+"""run_inference.py on the CPU: frames/s of decoding, face detection, cropping and prediction, and the detectors.
+
+Makes a 640x360, 25 fps video of the portrait matplotlib ships (moving, zooming, re-lit: demo_data.make_face_video),
+saves a full-size model with random weights in our checkpoint format, and times `engine_inference.process_video` by
+stage for each sampling rate (1 = FERV39k's, 4 = DFEW's / MAFW's) in float32 and with bf16 autocast. "video
+frames/s" is the video's frame count over the stage's seconds, so that the stages add up like rates (1 / total =
+sum of 1 / stage); "CPU s" is the process's CPU time, steadier than wall time on a machine shared with other jobs.
+
+Then the detector table: the face-detection rate and ms/frame of OpenCV's bundled frontal-face cascades at two
+detection sizes, on the portrait at two face sizes (45 % and 15 % of the frame height).
+
+    python benchmarks/bench_inference.py                      # 30 s video, rates 1 and 4, MAE-DFER; a few minutes
+    python benchmarks/bench_inference.py --seconds 10 --fusion add --amps bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import decord
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import faces
+import run_class_finetuning as rcf
+import run_inference as ri
+import utils
+from demo_data import make_face_video
+from engine_inference import process_video
+
+
+def full_size_checkpoint(folder: Path, fusion: str, sampling_rate: int) -> Path:
+    """The released scripts' model (finetune.md), random weights, saved as our fine-tuning saves."""
+    args = rcf.get_args_parser().parse_args([
+        "--model", "vit_base_dim512_no_depth_patch16_160", "--depth", "16", "--input_size", "160", "--nb_classes",
+        "7", "--data_set", "DFEW", "--lg_region_size", "2", "5", "10", "--lg_classify_token_type", "region",
+        "--fusion", fusion, "--sampling_rate", str(sampling_rate), "--output_dir", str(folder)])
+    model = rcf.create_model(args)
+    return utils.save_model(args, sampling_rate, model, torch.optim.SGD(model.parameters(), lr=0.1), None)
+
+
+def time_pipeline(video: Path, folder: Path, args: argparse.Namespace):
+    """One row per (sampling rate, amp): stage seconds (wall), total wall and CPU seconds of the process."""
+    for rate in args.sampling_rates:
+        checkpoint = full_size_checkpoint(folder, args.fusion, rate)
+        for amp in args.amps:
+            inference = ri.get_args_parser().parse_args(["--checkpoint", str(checkpoint), "--video", str(video),
+                                                         "--device", "cpu", "--amp", amp,
+                                                         "--batch_size", str(args.batch_size)])
+            model, cfg, _ = ri.load_model(inference, torch.device("cpu"))
+            start, cpu = time.perf_counter(), time.process_time()
+            result = process_video(video, model, cfg, inference, torch.device("cpu"))
+            yield dict(rate=rate, amp=amp, frames=result["frames"], examined=len(result["examined"]),
+                       windows=len(result["windows"]), total=time.perf_counter() - start,
+                       cpu=time.process_time() - cpu, **result["seconds"])
+
+
+def time_detectors(args: argparse.Namespace, folder: Path) -> list[tuple]:
+    rows = []
+    for face_height in (0.45, 0.15):
+        path = folder / f"faces_{face_height}.mp4"
+        core = make_face_video(path, seconds=args.detector_seconds, size=(640, 360), face_height=face_height)
+        frames = decord.VideoReader(str(path), num_threads=1).get_batch(list(range(len(core)))).asnumpy()
+        for cascade in ("default", "alt", "alt2"):
+            for max_side in (640, 320):
+                detector = faces.HaarFaceDetector(f"haarcascade_frontalface_{cascade}.xml", max_side=max_side)
+                start = time.perf_counter()
+                detections = [detector(f) for f in frames]
+                ms = 1000 * (time.perf_counter() - start) / len(frames)
+                track = faces.main_track(detections)
+                found = ~np.isnan(track[:, 0])
+                hit = [faces.iou(b, t) > 0.3 for b, t in zip(track[found], core[found])]
+                rows.append((face_height, cascade, max_side, found.mean(), np.mean(hit) if hit else 0.0, ms))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--sampling_rates", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--fusion", default="none", choices=["none", "add", "cat", "pos"])
+    p.add_argument("--amps", nargs="+", default=["none", "bf16"], choices=["none", "bf16"])
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--detector_seconds", type=float, default=4.0)
+    p.add_argument("--skip_detectors", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    utils.keep_freed_memory()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        video = folder / "talk.mp4"
+        make_face_video(video, seconds=args.seconds, size=(640, 360))
+        print(f"{args.seconds:g} s video, 640x360 at 25 fps; model vit_base_dim512 depth 16 (fusion {args.fusion}), "
+              f"input 160, 16 frames, CPU {args.threads} threads, batch {args.batch_size}\n")
+        print("| sampling rate | amp | frames examined | windows | decode | detect | crop | predict | total "
+              "| video frames/s | CPU s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in time_pipeline(video, folder, args):
+            stages = " | ".join(f"{r[k]:.1f} s ({r['frames'] / r[k]:.0f} f/s)" for k in
+                                ("decode", "detect", "crop", "predict"))
+            print(f"| {r['rate']} | {r['amp']} | {r['examined']} | {r['windows']} | {stages} | {r['total']:.1f} s "
+                  f"| {r['frames'] / r['total']:.1f} | {r['cpu']:.0f} |", flush=True)
+        if not args.skip_detectors:
+            print("\n| face height | cascade | detect size | face found | on the face (IoU > 0.3) | ms/frame |")
+            print("|---|---|---|---|---|---|")
+            for height, cascade, side, found, hit, ms in time_detectors(args, folder):
+                print(f"| {height:.0%} | {cascade} | {side} | {found:.1%} | {hit:.1%} | {ms:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

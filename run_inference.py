@@ -1,0 +1,231 @@
+"""Predict facial expressions over time in your own videos with a fine-tuned MAE-DFER / MAE-DFER-CA checkpoint.
+
+For every video (`engine_inference.process_video`): detect the faces (`faces.py`), keep the main one, smooth its box,
+crop it as the datasets' face frames are cropped, slide a window of num_frames frames at the checkpoint's sampling
+rate over the video, predict class probabilities per window and average them into a clip-level prediction. Writes,
+per video, timeline.csv, summary.json, timeline.png and with --render an annotated mp4 (`timeline.py`). This script
+parses, builds the model from the checkpoint and loops over the videos.
+
+    python run_inference.py --checkpoint CKPT --video talk.mp4 --out saved/inference
+    python run_inference.py --demo      # a video made from the portrait matplotlib ships, and the demo checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from pathlib import Path
+
+import cv2
+import torch
+from tqdm import tqdm
+
+import faces
+import run_class_finetuning as rcf
+import timeline
+import utils
+from datasets import DATASETS, VIDEO_EXTENSIONS
+from engine_inference import VideoError, process_video
+
+logger = logging.getLogger(__name__)
+
+# The model-defining flags: taken from the checkpoint's stored arguments; given on the command line they must agree.
+MODEL_FLAGS = ("model", "nb_classes", "data_set", "fusion", "depth", "input_size", "num_frames", "sampling_rate",
+               "tubelet_size", "attn_type", "lg_region_size", "lg_classify_token_type")
+# For a checkpoint without stored arguments: the released scripts' configuration (finetune.md §2.1-2.2).
+SCRIPT_CONFIG = dict(model="vit_base_dim512_no_depth_patch16_160", depth=16, input_size=160, num_frames=16,
+                     attn_type="local_global", lg_region_size=[2, 5, 10], lg_classify_token_type="region")
+DEMO_VIDEO = Path("saved/data/demo_video/portrait.mp4")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("MAE-DFER: expression timeline of videos", add_help=True)
+    add = p.add_argument
+    add("--checkpoint", default=None, help="fine-tuned checkpoint (ours or the original authors')")
+    add("--video", action="append", default=[], help="an input video; may be repeated")
+    add("--video_dir", default=None, help="every video file in this folder")
+    add("--out", default="saved/inference", help="outputs go to OUT/<video name>/")
+    # Model: from the checkpoint's stored args where present, else from these flags (finetune.md defaults).
+    add("--model", default=None)
+    add("--nb_classes", default=None, type=int)
+    add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
+    add("--fusion", default=None, choices=["none", "add", "cat", "pos"])
+    add("--depth", default=None, type=int)
+    add("--input_size", default=None, type=int)
+    add("--num_frames", default=None, type=int)
+    add("--sampling_rate", default=None, type=int, help="default: 1 for FERV39k, 4 otherwise (the scripts')")
+    add("--tubelet_size", default=None, type=int)
+    add("--attn_type", default=None, choices=["joint", "local_global"])
+    add("--lg_region_size", default=None, type=int, nargs="+")
+    add("--lg_classify_token_type", default=None, choices=["org", "region", "all"])
+    # Windows and prediction
+    add("--stride", default=None, type=int, help="frames between window starts (default: half a window, "
+        "rounded to a multiple of the sampling rate)")
+    add("--batch_size", default=8, type=int)
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--amp", default=None, choices=["none", "fp16", "bf16"],
+        help="default: bf16 on CUDA (else fp16), none (float32) on the CPU")
+    # Faces
+    add("--face", default="haar", choices=list(faces.DETECTORS), help="'none': the frames are face crops already")
+    add("--detect_size", default=320, type=int, help="detect on frames scaled down to this longest side")
+    add("--face_scale", default=1.4, type=float, help="crop side / detected face side")
+    add("--smooth", default=2, type=int, help="box smoothing radius, in examined frames")
+    add("--min_face_frames", default=None, type=int, help="predict a window only if this many of its frames "
+        "had a face (default: half)")
+    add("--render", action="store_true", help="also write an annotated mp4")
+    add("--demo", action="store_true", help="make the demo video and use the demo checkpoint (trained if missing)")
+    return p
+
+
+def infer_fusion(state_dict: dict[str, torch.Tensor]) -> str:
+    """The CA fusion a state dict was trained with (the CA fork's checkpoints do not store it): model.md §3."""
+    if "vit_pos.cls_token" in state_dict:
+        return "pos"
+    if "fc1.weight" not in state_dict:
+        return "none"
+    return "cat" if state_dict["head.weight"].shape[1] == 2 * state_dict["fc_norm.weight"].shape[0] else "add"
+
+
+def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespace:
+    """Fine-tuning arguments for `rcf.create_model`: the checkpoint's stored ones, else the flags and the scripts'
+    configuration; a flag that contradicts the checkpoint is an error."""
+    cfg = rcf.get_args_parser().parse_args([])
+    stored = checkpoint.get("args") if isinstance(checkpoint.get("args"), argparse.Namespace) else None
+    if stored is None:
+        vars(cfg).update(SCRIPT_CONFIG)
+    else:
+        vars(cfg).update(vars(stored))
+    if stored is None or "fusion" not in vars(stored):
+        cfg.fusion = infer_fusion(utils.select_state_dict(checkpoint))
+    for name in MODEL_FLAGS:
+        given = getattr(args, name)
+        if given is None:
+            continue
+        if stored is not None and name in vars(stored) and _same(getattr(stored, name)) != _same(given):
+            raise utils.CheckpointError(f"{args.checkpoint}: --{name} {given} does not match the checkpoint, which "
+                                        f"was trained with {name} {getattr(stored, name)}")
+        setattr(cfg, name, given)
+    if cfg.data_set not in DATASETS:
+        raise ValueError(f"{args.checkpoint}: unknown class list {cfg.data_set!r}: pass --data_set "
+                         f"({', '.join(DATASETS)})")
+    classes = DATASETS[cfg.data_set].classes
+    if stored is None and args.nb_classes is None:
+        cfg.nb_classes = len(classes)
+    if stored is None and args.sampling_rate is None:
+        cfg.sampling_rate = 1 if cfg.data_set == "FERV39k" else 4
+    if cfg.nb_classes != len(classes):
+        raise utils.CheckpointError(f"{args.checkpoint}: {cfg.nb_classes} classes, but {cfg.data_set} has "
+                                    f"{len(classes)} ({', '.join(classes)})")
+    cfg.num_segments, cfg.drop_path = 1, 0.0
+    return cfg
+
+
+def _same(value):
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, argparse.Namespace, dict]:
+    """The model with the checkpoint's weights (strict), its configuration and its identity for summary.json."""
+    checkpoint = utils.load_checkpoint(args.checkpoint)
+    cfg = model_config(args, checkpoint)
+    model = rcf.create_model(cfg)
+    utils.load_model_weights(model, args.checkpoint)
+    digest = hashlib.sha256()
+    with open(args.checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    identity = dict(checkpoint=str(args.checkpoint), sha256=digest.hexdigest(), epoch=checkpoint.get("epoch"),
+                    **{k: _same(getattr(cfg, k)) for k in MODEL_FLAGS},
+                    classes=list(DATASETS[cfg.data_set].classes),
+                    parameters=sum(p.numel() for p in model.parameters()))
+    return model.to(device).eval(), cfg, identity
+
+
+def default_amp(device: torch.device) -> str:
+    """bf16 autocast on CUDA (fp16 where bf16 is missing); float32 on the CPU, where bf16 was 1.5x faster on one
+    thread but not reliably faster on two (benchmarks/bench_inference.py): `--amp bf16` to try it."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "none"
+
+
+def list_videos(args: argparse.Namespace) -> list[Path]:
+    videos = [Path(v) for v in args.video]
+    if args.video_dir:
+        folder = Path(args.video_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder (--video_dir)")
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+        if not found:
+            raise FileNotFoundError(f"{folder}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+        videos += found
+    if not videos:
+        raise ValueError("no input: pass --video FILE (repeatable) or --video_dir FOLDER")
+    return videos
+
+
+def prepare_demo(args: argparse.Namespace) -> None:
+    """--demo: the portrait video (made once) and the demo fine-tuning's checkpoint (trained if there is none)."""
+    from demo_data import make_face_video
+
+    if not args.video and not args.video_dir:
+        if not DEMO_VIDEO.is_file():
+            DEMO_VIDEO.parent.mkdir(parents=True, exist_ok=True)
+            make_face_video(DEMO_VIDEO, seconds=8.0, face_height=0.3)
+        args.video = [str(DEMO_VIDEO)]
+    if args.checkpoint is None:
+        demo_dir = Path(rcf.DEMO_DEFAULTS["output_dir"])
+        latest = utils.latest_checkpoint(demo_dir) if demo_dir.is_dir() else None
+        if latest is None:
+            logger.info("no demo checkpoint in %s: running the demo fine-tuning first", demo_dir)
+            parser = rcf.get_args_parser()
+            parser.set_defaults(**rcf.DEMO_DEFAULTS)
+            rcf.main(parser.parse_args([]))
+            latest = utils.latest_checkpoint(demo_dir)
+        args.checkpoint = str(latest)
+    args.out = args.out if args.out != "saved/inference" else "saved/inference/demo"
+    args.render = True
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # datasets.py turns OpenCV's threads off for DataLoader workers; here there are none, and the cascade's scales
+    # run in parallel.
+    cv2.setNumThreads(torch.get_num_threads())
+    if args.demo:
+        prepare_demo(args)
+    if args.checkpoint is None:
+        raise ValueError("--checkpoint is required (or --demo)")
+    videos = list_videos(args)
+    device = torch.device(args.device)
+    if args.amp is None:
+        args.amp = default_amp(device)
+    model, cfg, identity = load_model(args, device)
+    logger.info("model %s (fusion %s, %s: %d classes), %d frames every %d, input %d px", cfg.model, cfg.fusion,
+                cfg.data_set, cfg.nb_classes, cfg.num_frames, cfg.sampling_rate, cfg.input_size)
+    results, failures = [], []
+    names: set[str] = set()
+    for video in tqdm(videos, desc="videos", disable=len(videos) == 1, dynamic_ncols=True):
+        name = video.stem
+        while name in names:
+            name += "_"
+        names.add(name)
+        try:
+            result = process_video(video, model, cfg, args, device)
+        except (OSError, VideoError) as err:
+            if len(videos) == 1:
+                raise
+            logger.error("%s", err)
+            failures.append(str(err))
+            continue
+        result["summary"] = timeline.write_outputs(result, Path(args.out) / name, identity, args.render)
+        logger.info(timeline.describe(result["summary"], Path(args.out) / name))
+        results.append(result)
+    if failures:
+        raise VideoError(f"{len(failures)} of {len(videos)} videos failed:\n  " + "\n  ".join(failures))
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
