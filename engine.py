@@ -47,6 +47,24 @@ def apply_schedules(optimizer: torch.optim.Optimizer, it: int, lr_schedule_value
             group["weight_decay"] = float(wd_schedule_values[it])
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   max_norm: float | None, meters: dict[str, AverageMeter]) -> float:
+    """Unscale, clip to max_norm (or only measure) the gradient norm, step; under fp16 the scaler skips a step whose
+    gradients overflowed (counted in meters["skipped_steps"]) and updates its scale. Returns the gradient norm."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm else float("inf")).item()
+    if scaler is None:
+        optimizer.step()
+        return grad_norm
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    meters["skipped_steps"].update(int(scaler.get_scale() < scale))
+    return grad_norm
+
+
 def autocast(device: torch.device, amp: str):
     """Mixed-precision context for --amp none | fp16 | bf16."""
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
@@ -110,20 +128,10 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
                 scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
                 meters["skipped_steps"].update(1)
             else:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                parameters = [p for p in model.parameters() if p.grad is not None]
-                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm else float("inf"))
-                if scaler is not None:
-                    scale = scaler.get_scale()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    meters["skipped_steps"].update(int(scaler.get_scale() < scale))
-                else:
-                    optimizer.step()
+                grad_norm = optimizer_step(model, optimizer, scaler, max_norm, meters)
                 if model_ema is not None:
                     model_ema.update(model)
-                meters["grad_norm"].update(grad_norm.item())
+                meters["grad_norm"].update(grad_norm)
             optimizer.zero_grad()
             skip = False
 

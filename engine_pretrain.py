@@ -132,16 +132,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
 
         optimizer.zero_grad()
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf")).item()
-        if scaler is not None:
-            scale = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            meters["skipped_steps"].update(int(scaler.get_scale() < scale))
-        else:
-            optimizer.step()
+        grad_norm = engine.optimizer_step(model, optimizer, scaler, max_norm, meters)
 
         lrs = [g["lr"] for g in optimizer.param_groups]
         values = dict(loss=loss_value, loss_scale=scaler.get_scale() if scaler is not None else 1.0, lr=max(lrs),

@@ -47,9 +47,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--epochs", default=30, type=int)
     add("--update_freq", default=1, type=int)
     add("--save_ckpt_freq", default=100, type=int)
-    add("--save_every_steps", default=0, type=int,
-        help="also write checkpoint-last.pth every N optimizer steps, to resume mid-epoch (ours; 0: at epoch ends)")
-    add("--keep_last_ckpts", default=0, type=int, help="keep only the newest N checkpoint-<epoch>.pth (ours; 0: all)")
     # Model
     add("--model", default="vit_base_patch16_224", type=str)
     add("--tubelet_size", type=int, default=2)
@@ -323,9 +320,4 @@ def main(args: argparse.Namespace) -> torch.nn.Module:
 
 
 if __name__ == "__main__":
-    parser = get_args_parser()
-    args = parser.parse_args()
-    if args.demo:
-        parser.set_defaults(**DEMO_DEFAULTS)
-        args = parser.parse_args()
-    main(args)
+    main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))

@@ -54,9 +54,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--batch_size", default=64, type=int)
     add("--epochs", default=800, type=int)
     add("--save_ckpt_freq", default=50, type=int)
-    add("--save_every_steps", default=0, type=int,
-        help="also write checkpoint-last.pth every N steps, to resume mid-epoch (ours; 0: at epoch ends)")
-    add("--keep_last_ckpts", default=0, type=int, help="keep only the newest N checkpoint-<epoch>.pth (ours; 0: all)")
     # Model
     add("--model", default="pretrain_videomae_base_patch16_224", type=str)
     add("--decoder_depth", default=4, type=int)
@@ -224,9 +221,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = get_args_parser()
-    args = parser.parse_args()
-    if args.demo:
-        parser.set_defaults(**DEMO_DEFAULTS)
-        args = parser.parse_args()
-    main(args)
+    main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))

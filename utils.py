@@ -476,7 +476,7 @@ def add_optimizer_arguments(parser: argparse.ArgumentParser, lr: float, min_lr: 
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Device, precision, seed, resume and process flags."""
+    """Device, precision, seed, resume, checkpoint and process flags."""
     add = parser.add_argument
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 on CUDA if supported, else none")
@@ -487,6 +487,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no_auto_resume", action="store_false", dest="auto_resume")
     parser.set_defaults(auto_resume=True)
     add("--start_epoch", default=0, type=int)
+    add("--save_every_steps", default=0, type=int,
+        help="also write checkpoint-last.pth every N optimizer steps, to resume mid-epoch (ours; 0: at epoch ends)")
+    add("--keep_last_ckpts", default=0, type=int, help="keep only the newest N checkpoint-<epoch>.pth (ours; 0: all)")
     add("--num_workers", default=10, type=int)
     add("--pin_mem", action="store_true")
     add("--no_pin_mem", action="store_false", dest="pin_mem")
@@ -495,6 +498,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--local_rank", default=-1, type=int)
     add("--dist_on_itp", action="store_true")
     add("--dist_url", default="env://")
+
+
+def parse_args(parser: argparse.ArgumentParser, demo_defaults: dict, argv: list[str] | None = None
+               ) -> argparse.Namespace:
+    """The command line; with --demo, the demo's defaults take the original ones' place (explicit flags still win)."""
+    args = parser.parse_args(argv)
+    if args.demo:
+        parser.set_defaults(**demo_defaults)
+        args = parser.parse_args(argv)
+    return args
 
 
 def start_run(args: argparse.Namespace) -> torch.device:

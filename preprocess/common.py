@@ -63,6 +63,19 @@ def label_of(name: str, classes: Sequence[str], where: str) -> int:
     return classes.index(name)
 
 
+def read_named_split(path: Path, classes: Sequence[str], expected: str) -> list[tuple[str, int]]:
+    """(clip name, label) of each `<clip> <class name>` line of an official split file (blank lines skipped)."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected '{expected}', got {line!r}")
+        rows.append((parts[0], label_of(parts[1], classes, f"{path}:{number}")))
+    return rows
+
+
 def write_list(path: Path, rows: Iterable[tuple[str, int]]) -> Path:
     """Write `<path> <label>` lines. A repeated path is written once, as the originals' dict did (but said here);
     the same path with two labels, or a path the format cannot hold (a space), is an error."""

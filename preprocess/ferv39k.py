@@ -12,24 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import DATASETS
-from preprocess.common import absolute, cli, entry_path, finish, label_of, parser, write_list
+from preprocess.common import absolute, cli, entry_path, finish, parser, read_named_split, write_list
 
 SPLITS = {"train.csv": "train_All.csv", "test.csv": "test_All.csv"}
 
 
 def read_split(path: Path, root: Path, relative: bool) -> list[tuple[str, int]]:
     """(entry path, label) of each line of an official split file."""
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected '<Scene>/<Emotion>/<NNNN> <Emotion>', got {line!r}")
-        clip, emotion = parts
-        label = label_of(emotion, DATASETS["FERV39k"].classes, f"{path}:{number}")
-        rows.append((entry_path(root, f"2_ClipsforFaceCrop/{clip}", relative), label))
-    return rows
+    rows = read_named_split(path, DATASETS["FERV39k"].classes, "<Scene>/<Emotion>/<NNNN> <Emotion>")
+    return [(entry_path(root, f"2_ClipsforFaceCrop/{clip}", relative), label) for clip, label in rows]
 
 
 def main(argv: list[str] | None = None) -> None:

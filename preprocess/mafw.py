@@ -11,22 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import DATASETS
-from preprocess.common import absolute, cli, entry_path, finish, fold_dir, label_of, parser, selected_folds, write_list
+from preprocess.common import (
+    absolute,
+    cli,
+    entry_path,
+    finish,
+    fold_dir,
+    parser,
+    read_named_split,
+    selected_folds,
+    write_list,
+)
 
 
 def read_split(path: Path, root: Path, relative: bool) -> list[tuple[str, int]]:
     """(entry path, label) of each line of an official split file."""
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected '<NNNNN>.mp4 <emotion>', got {line!r}")
-        name, emotion = parts
-        label = label_of(emotion, DATASETS["MAFW"].classes, f"{path}:{number}")
-        rows.append((entry_path(root, f"data/frames/{name.split('.')[0]}", relative), label))
-    return rows
+    rows = read_named_split(path, DATASETS["MAFW"].classes, "<NNNNN>.mp4 <emotion>")
+    return [(entry_path(root, f"data/frames/{name.split('.')[0]}", relative), label) for name, label in rows]
 
 
 def main(argv: list[str] | None = None) -> None:
