@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import random
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from datasets import Annotation, _Frames, _resize_hwc, normalize, read_annotations
+from datasets import Annotation, BadSample, _Frames, _resize_hwc, collate_skipping_bad, normalize, read_annotations
 from masking_generator import build_masking_generator
 from utils import seeded_rngs
 
@@ -49,7 +50,7 @@ def voxceleb2_crop(model_input_size: int) -> tuple[slice, slice]:
     """Rows and columns of VoxCeleb2's 224x224 frames kept before augmentation: the face, as the original crops."""
     if model_input_size <= 160:
         return slice(0, 160), slice(32, 192)
-    if model_input_size <= 192:
+    if model_input_size == 192:
         return slice(0, 192), slice(16, 208)
     return slice(None), slice(None)
 
@@ -77,14 +78,16 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     The mask is drawn per item after the frame sampling. With `seed`, an item's random draws depend only on
     (seed, epoch, index) (`set_epoch`), not on the worker or on earlier items: a resumed run sees the same clips.
+    With `skip_bad`, an unreadable video gives a BadSample (`collate` sets it apart), never another video.
     """
 
     def __init__(self, annotations: list[Annotation], mask_generator, *, num_frames: int = 16,
                  sampling_rate: int = 4, num_samples: int = 1, input_size: int = 224,
                  face_crop: tuple[slice, slice] | None = None, augment: bool = True, frame_ext: str = "jpg",
-                 seed: int | None = None):
+                 seed: int | None = None, skip_bad: bool = False):
         self.annotations, self.mask_generator = annotations, mask_generator
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.skip_bad = seed, 0, skip_bad
+        self.collate = collate_skipping_bad if skip_bad else None
         self.num_frames, self.sampling_rate, self.num_samples = num_frames, sampling_rate, num_samples
         self.input_size, self.face_crop, self.augment, self.frame_ext = input_size, face_crop, augment, frame_ext
 
@@ -95,11 +98,16 @@ class PretrainDataset(torch.utils.data.Dataset):
         """The epoch whose draws items take (with `seed`); set it before the DataLoader iterator starts workers."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.seed is None:
-            return self._item(index)
-        with seeded_rngs(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])):
-            return self._item(index)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | BadSample:
+        seed = None if self.seed is None else np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)
+        try:
+            with nullcontext() if seed is None else seeded_rngs(int(seed[0])):
+                return self._item(index)
+        except (OSError, ValueError) as err:
+            if not self.skip_bad:
+                raise
+            entry = self.annotations[index]
+            return BadSample(entry.source, entry.path, str(err))
 
     def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.annotations[index]
@@ -117,15 +125,15 @@ class PretrainDataset(torch.utils.data.Dataset):
         return normalize(frames), mask
 
 
-def build_pretrain_dataset(args: argparse.Namespace) -> PretrainDataset:
+def build_pretrain_dataset(args: argparse.Namespace, skip_bad: bool = False) -> PretrainDataset:
     """The dataset of --data_path (a `<path> <label>` list; labels are read but unused)."""
     annotations = read_annotations(args.data_path, None, getattr(args, "data_root", None))
     generator = build_masking_generator(args.mask_type, args.window_size, args.mask_ratio, args.part_win_size,
                                         args.part_apply_symmetry)
     face_crop = None
-    if "voxceleb2" in args.data_path:
+    if "voxceleb2" in args.data_path.lower():
         face_crop = voxceleb2_crop(int(args.model.split("_")[-1]) if args.model.split("_")[-1].isdigit()
                                    else args.input_size)
     return PretrainDataset(annotations, generator, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
                            num_samples=args.num_samples, input_size=args.input_size, face_crop=face_crop,
-                           augment=not args.no_augmentation, seed=args.seed)
+                           augment=not args.no_augmentation, seed=args.seed, skip_bad=skip_bad)

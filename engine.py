@@ -93,7 +93,7 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
                     initial=start_step * update_freq, total=start_step * update_freq + len(data_loader))
     skip = False  # this step met a non-finite loss under loss scaling
     for data_iter_step, batch in enumerate(progress, start_step * update_freq):
-        samples, targets = _unpack(batch, 2, bad_samples)
+        samples, targets = unpack_batch(batch, 2, bad_samples)
         step = data_iter_step // update_freq
         if num_training_steps_per_epoch is not None and step >= num_training_steps_per_epoch:
             continue
@@ -156,7 +156,7 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
     return stats
 
 
-def _unpack(batch, fields: int, bad_samples) -> tuple:
+def unpack_batch(batch, fields: int, bad_samples) -> tuple:
     """A batch's `fields` entries. A trailing list of unreadable entries (collate_skipping_bad) goes to
     `bad_samples.add`; a batch of unreadable entries only gives empty fields."""
     if len(batch) in (1, fields + 1):
@@ -176,7 +176,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp:
     model.eval()
     records = []
     for batch in tqdm(data_loader, desc="validation", disable=not utils.is_main_process(), dynamic_ncols=True):
-        samples, targets, ids = _unpack(batch, 3, bad_samples)
+        samples, targets, ids = unpack_batch(batch, 3, bad_samples)
         if not len(samples):
             continue
         samples, targets = samples.to(device, non_blocking=True), targets.to(device, non_blocking=True)

@@ -103,12 +103,13 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     amp: str, max_norm: float | None = None, log_writer=None, start_steps: int = 0,
                     lr_schedule_values=None, wd_schedule_values=None, num_samples: int = 1,
                     last_checkpoint: Callable[[], str | None] | None = None, start_step: int = 0,
-                    meters: dict[str, AverageMeter] | None = None, on_step: Callable | None = None
-                    ) -> dict[str, float]:
+                    meters: dict[str, AverageMeter] | None = None, on_step: Callable | None = None,
+                    bad_samples=None) -> dict[str, float]:
     """One pretraining epoch with per-step LR / weight-decay schedules; returns the epoch averages over all ranks.
 
     Resuming: the loader yields what is left of the epoch after `start_step` steps and `meters` holds their
-    averages; `on_step(step, meters)` runs after every step (e.g. a checkpoint). A non-finite loss raises
+    averages; `on_step(step, meters)` runs after every step (e.g. a checkpoint). Unreadable videos of a batch
+    (a dataset with skip_bad) go to `bad_samples.add`; the step trains on the others. A non-finite loss raises
     NonFiniteLossError naming the step, the loss and `last_checkpoint()`; under fp16 the grad scaler skips steps
     whose gradients overflow (counted in `skipped_steps`), as the original's scaler does.
     """
@@ -116,8 +117,13 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     meters = meters or engine.new_meters()
     progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
                     initial=start_step, total=start_step + len(data_loader))
-    for step, (videos, mask) in enumerate(progress, start_step):
+    for step, batch in enumerate(progress, start_step):
         it = start_steps + step
+        videos, mask = engine.unpack_batch(batch, 2, bad_samples)
+        if not len(videos):  # every video of the batch was unreadable
+            if on_step is not None:
+                on_step(step + 1, meters)
+            continue
         engine.apply_schedules(optimizer, it, lr_schedule_values, wd_schedule_values)
         videos, mask = split_samples(videos.to(device, non_blocking=True), mask.to(device, non_blocking=True),
                                      num_samples)

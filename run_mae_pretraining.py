@@ -81,6 +81,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--log_dir", default=None)
     add("--no_augmentation", action="store_true", help="no multi-scale crop")
     add("--num_samples", type=int, default=1, help="clips per video read (repeated sampling)")
+    add("--max_bad_samples", default=10, type=int,
+        help="skip (and log) up to N unreadable videos per process, then stop (ours; the original read another)")
     # Targets
     add("--use_frame_diff_as_target", action="store_true")
     add("--no_use_frame_diff_as_target", action="store_false", dest="use_frame_diff_as_target",
@@ -113,8 +115,14 @@ def create_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.
 
 
 def fixed_samples(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` clips with their masks as epoch 0 draws them: the same pictures every epoch."""
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    """The first `count` readable clips with their masks as epoch 0 draws them: the same pictures every epoch."""
+    items = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if not isinstance(item, datasets.BadSample):
+            items.append(item)
+        if len(items) == count:
+            break
     return torch.stack([v for v, _ in items]), torch.stack([m for _, m in items])
 
 
@@ -136,7 +144,7 @@ def main(args: argparse.Namespace) -> None:
         check_lists([args.data_path], None, args.data_root)
     except DataCheckError as err:
         raise SystemExit(str(err)) from None
-    dataset = build_pretrain_dataset(args)
+    dataset = build_pretrain_dataset(args, skip_bad=True)
     objective = engine_pretrain.Objective(
         patch_size, tubelet_size, args.normlize_target,
         args.frame_diff_group_size if args.use_frame_diff_as_target else None, args.target_diff_weight)
@@ -177,11 +185,14 @@ def main(args: argparse.Namespace) -> None:
         raise utils.CheckpointError(f"{args.resume} stopped mid-epoch with batch {before.batch_size} x "
                                     f"{before.world_size} processes: resume it with the same")
     meters = engine.new_meters(resumed.get("train_meters") if start_step else None)
+    bad_samples = datasets.BadSampleLog(args.max_bad_samples, resumed.get("bad_samples"))
     if len(resumed.get("rng") or []) == utils.get_world_size():
         utils.set_rng_state(resumed["rng"][utils.get_rank()])
 
     def save(epoch: int, step: int | None = None, meters=None, numbered: bool = False) -> None:
-        extra = {"rng": utils.gather_rng_states(), "train_meters": engine.meters_state(meters) if meters else None}
+        seen = {k: v for rank_seen in utils.all_gather_objects(bad_samples.seen) for k, v in rank_seen.items()}
+        extra = {"rng": utils.gather_rng_states(), "train_meters": engine.meters_state(meters) if meters else None,
+                 "bad_samples": seen}
         utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, step=step, numbered=numbered,
                          keep_last=args.keep_last_ckpts, extra=extra)
 
@@ -203,7 +214,7 @@ def main(args: argparse.Namespace) -> None:
             model, loader, optimizer, device, epoch, objective, scaler, args.amp, args.clip_grad, log_writer,
             start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule, wd_schedule_values=wd_schedule,
             num_samples=args.num_samples, last_checkpoint=lambda: utils.latest_checkpoint(args.output_dir),
-            start_step=start_step, meters=meters, on_step=save_mid_epoch)
+            start_step=start_step, meters=meters, on_step=save_mid_epoch, bad_samples=bad_samples)
         start_step, meters = 0, None
         # checkpoint-last.pth every epoch; checkpoint-<epoch>.pth as the original
         save(epoch, numbered=(epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs)

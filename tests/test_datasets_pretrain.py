@@ -103,6 +103,7 @@ def test_voxceleb2_face_crop_keeps_rows_0_160_and_columns_32_192(tmp_path):
     assert clip.shape == (3, 16, 160, 160) and mask.dtype == torch.bool and mask.shape == (800,)
     assert int((~mask).sum()) == 80
     assert voxceleb2_crop(192) == (slice(0, 192), slice(16, 208))
+    assert voxceleb2_crop(176) == voxceleb2_crop(224) == (slice(None), slice(None))  # only 160 and 192 have one
 
 
 def test_item_of_a_demo_video_with_repeated_sampling(tmp_path):
@@ -120,7 +121,7 @@ def test_item_of_a_demo_video_with_repeated_sampling(tmp_path):
 
 
 def test_voxceleb2_lists_get_the_face_crop(tmp_path):
-    video_list = tmp_path / "voxceleb2" / "info_clean.csv"
+    video_list = tmp_path / "VoxCeleb2" / "info_clean.csv"  # matched case-insensitively, as the original
     video_list.parent.mkdir()
     video_list.write_text("dev/mp4/id0/a/00001.mp4 0\n")
     args = pretrain_args(data_path=str(video_list), data_root=str(tmp_path), mask_type="tube", window_size=(8, 10, 10),

@@ -66,6 +66,27 @@ def test_a_missing_video_stops_the_run_before_training(videos_root, tmp_path):
     assert not (tmp_path / "out" / "log.txt").exists()
 
 
+def test_unreadable_video_is_skipped_and_counted_then_fails_beyond_the_limit(videos_root, tmp_path):
+    import shutil
+
+    from datasets import TooManyBadSamplesError
+
+    data = tmp_path / "videos"
+    shutil.copytree(videos_root, data)
+    broken = data / (data / "info_clean.csv").read_text().split()[2]  # the second video
+    broken.write_bytes(b"not a video")
+    args = demo_args(data, tmp_path / "out", "--data_root", str(data), "--data_path", str(data / "info_clean.csv"),
+                     "--epochs", "1")
+    rmp.main(args)  # one bad video of 10: skipped, the epoch trains on the others
+    (line,) = (tmp_path / "out" / "log.txt").read_text().splitlines()
+    assert np.isfinite(json.loads(line)["train_loss"])
+    assert utils.load_checkpoint(tmp_path / "out" / "checkpoint-last.pth")["bad_samples"].keys() == {
+        f"{data / 'info_clean.csv'}:2"}
+    with pytest.raises(TooManyBadSamplesError, match=rf"1 unreadable samples.*\n.*{broken.name}"):
+        rmp.main(demo_args(data, tmp_path / "strict", "--data_root", str(data), "--data_path",
+                           str(data / "info_clean.csv"), "--epochs", "1", "--max_bad_samples", "0"))
+
+
 class Interrupted(Exception):
     pass
 
