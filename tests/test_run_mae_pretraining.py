@@ -287,3 +287,30 @@ def test_voxceleb2_launcher_runs_the_original_recipe(tmp_path):
     checkpoint = utils.load_checkpoint(tmp_path / "out" / "checkpoint-0.pth")
     assert checkpoint["args"].mask_type == "part_window" and checkpoint["args"].use_frame_diff_as_target
     assert "part-window mask: 5 visible of 50 per window" in (tmp_path / "out" / "nohup.out").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_pretraining_with_ddp(videos_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank trains on its half of the videos through DDP; rank 0 writes
+    the checkpoint (with both ranks' RNG states) and the log."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    flags = ["--demo", "--data_path", str(videos_root / "info_clean.csv"), "--data_root", str(videos_root),
+             "--input_size", "32", "--lg_region_size", "2", "1", "2", "--part_win_size", "2", "1", "2",
+             "--mask_ratio", "0.5", "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "1",
+             "--warmup_epochs", "1", "--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--save_recon", "0",
+             "--output_dir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_port", "29533",
+                          str(Path(rmp.__file__)), *flags], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (line,) = (tmp_path / "log.txt").read_text().splitlines()
+    assert np.isfinite(json.loads(line)["train_loss"])
+    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint-0.pth")
+    assert checkpoint["args"].world_size == 2 and len(checkpoint["rng"]) == 2
+    # 10 videos, 2 ranks x batch 2: global batch 4, so 2 optimizer steps in the epoch.
+    assert all(state["step"] == 2 for state in checkpoint["optimizer"]["state"].values())
