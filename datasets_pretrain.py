@@ -132,8 +132,8 @@ def build_pretrain_dataset(args: argparse.Namespace, skip_bad: bool = False) -> 
                                         args.part_apply_symmetry)
     face_crop = None
     if "voxceleb2" in args.data_path.lower():
-        face_crop = voxceleb2_crop(int(args.model.split("_")[-1]) if args.model.split("_")[-1].isdigit()
-                                   else args.input_size)
+        name_size = args.model.rsplit("_", 1)[-1]  # e.g. ..._patch16_160: the size the original reads the crop from
+        face_crop = voxceleb2_crop(int(name_size) if name_size.isdigit() else args.input_size)
     return PretrainDataset(annotations, generator, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
                            num_samples=args.num_samples, input_size=args.input_size, face_crop=face_crop,
                            augment=not args.no_augmentation, seed=args.seed, skip_bad=skip_bad)

@@ -136,10 +136,9 @@ def main(args: argparse.Namespace) -> None:
         torch.distributed.barrier()
 
     model = create_model(args)
-    patch_size = model.encoder.patch_embed.proj.kernel_size[1]
-    tubelet_size = model.encoder.patch_embed.proj.kernel_size[0]
-    args.window_size = (args.num_frames // tubelet_size, args.input_size // patch_size, args.input_size // patch_size)
-    args.patch_size = (patch_size, patch_size)
+    tubelet_size, patch_size = model.encoder.patch_embed.proj.kernel_size[:2]
+    args.window_size = model.encoder.grid_size  # the token grid the masks are drawn on
+    args.patch_size = (patch_size, patch_size)  # stored with the checkpoint's args, as the original does
     try:  # every listed video exists and every line parses: a bad list stops the run now, with file and line
         check_lists([args.data_path], None, args.data_root)
     except DataCheckError as err:
@@ -169,7 +168,6 @@ def main(args: argparse.Namespace) -> None:
                          f"({total_batch_size} = batch_size x processes)")
     lr_schedule, wd_schedule = utils.schedules(args, steps_per_epoch)
     args.output_dir = args.output_dir or "."
-    args.eval = False  # read by the checkpoint helpers
     utils.check_output_dir(args)
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     resumed = utils.auto_load_model(args, model_without_ddp, optimizer, scaler) or {}

@@ -374,10 +374,11 @@ def save_model(args: argparse.Namespace, epoch: int | str, model: nn.Module, opt
 
 def check_output_dir(args: argparse.Namespace) -> None:
     """Never overwrite a previous run silently: training without auto-resume refuses a folder that holds one."""
+    evaluating = getattr(args, "eval", False)  # pretraining has no --eval
     previous = resume_candidates(args.output_dir) + sorted(Path(args.output_dir).glob("metrics.json"))
-    if args.eval and (Path(args.output_dir) / "metrics.json").exists():
+    if evaluating and (Path(args.output_dir) / "metrics.json").exists():
         logger.warning("%s holds a previous test: its pred.csv / metrics.json will be replaced", args.output_dir)
-    elif previous and not args.eval and not args.auto_resume and not args.resume:
+    elif previous and not evaluating and not args.auto_resume and not args.resume:
         raise FileExistsError(f"--output_dir {args.output_dir} holds a previous run ({previous[0].name}): resume it "
                               f"(drop --no_auto_resume) or choose another --output_dir")
 
@@ -417,11 +418,12 @@ def auto_load_model(args: argparse.Namespace, model: nn.Module, optimizer=None, 
     checkpoint = checkpoint or load_checkpoint(args.resume)
     _load_strict(model, checkpoint, args.resume)
     logger.info("resumed model weights from %s", args.resume)
-    if checkpoint.get("epoch") == "best" and not args.eval:
+    evaluating = getattr(args, "eval", False)  # pretraining has no --eval
+    if checkpoint.get("epoch") == "best" and not evaluating:
         raise CheckpointError(f"{args.resume}: a best-validation checkpoint records no epoch to continue from; "
                               "use it with --eval, or resume training from a checkpoint-<N>.pth")
     args.start_step = 0
-    if optimizer is not None and "optimizer" in checkpoint and "epoch" in checkpoint and not args.eval:
+    if optimizer is not None and "optimizer" in checkpoint and "epoch" in checkpoint and not evaluating:
         optimizer.load_state_dict(checkpoint["optimizer"])
         if loss_scaler is not None and checkpoint.get("scaler"):
             loss_scaler.load_state_dict(checkpoint["scaler"])
