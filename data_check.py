@@ -3,7 +3,7 @@
 Two depths share one code path. The fast check (`check_lists`, run at the start of fine-tuning and pretraining)
 parses every line, checks labels, duplicates, train/test overlap, fold partitions and that every path exists: it
 takes seconds. The full check (`check_annotations(..., deep=True)`, `python -m preprocess.check`) also opens every
-entry with the loader's own reader (`datasets._Frames`), counts frames, checks their order and, with `decode`,
+entry with the loader's own reader (`datasets.FrameSource`), counts frames, checks their order and, with `decode`,
 decodes every image or video frame.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import Annotation, _Frames, parse_line, train_indices
+from datasets import Annotation, FrameSource, parse_line, train_indices
 
 ERROR, WARNING = "error", "warning"
 # Folders of cross-validation folds, as the originals name them (splitNN) and as DFEW/MAFW's official lists do.
@@ -148,7 +148,7 @@ def inspect_clip(entry: Annotation, frame_ext: str, num_frames: int, sampling_ra
     """Open one entry as the loader does and report what would break or bias training (module level: picklable)."""
     info = ClipInfo()
     try:
-        clip = _Frames(entry, frame_ext)
+        clip = FrameSource(entry, frame_ext)
     except FileNotFoundError:
         info.issues.append((ERROR, "missing", f"{entry.path}: no such file or folder"))
         return info
@@ -189,7 +189,7 @@ def inspect_clip(entry: Annotation, frame_ext: str, num_frames: int, sampling_ra
     return info
 
 
-def _decode_video(clip: _Frames) -> tuple[tuple[tuple[int, int], ...], str | None]:
+def _decode_video(clip: FrameSource) -> tuple[tuple[tuple[int, int], ...], str | None]:
     """Decode every frame of a video (in batches); (frame sizes, the first failure or None)."""
     sizes = set()
     for start in range(0, clip.count, 64):

@@ -15,7 +15,15 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from datasets import Annotation, BadSample, _Frames, _resize_hwc, collate_skipping_bad, normalize, read_annotations
+from datasets import (
+    Annotation,
+    BadSample,
+    FrameSource,
+    collate_skipping_bad,
+    normalize,
+    read_annotations,
+    resize_frames,
+)
 from masking_generator import build_masking_generator
 from utils import seeded_rngs
 
@@ -111,7 +119,7 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.annotations[index]
-        source = _Frames(entry, self.frame_ext)
+        source = FrameSource(entry, self.frame_ext)
         indices = pretrain_indices(source.count, self.num_frames, self.sampling_rate, self.num_samples)
         unique, inverse = np.unique(indices, return_inverse=True)
         frames = np.stack(source.rgb(unique))[inverse]
@@ -120,7 +128,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         if self.augment:
             left, top, w, h = multi_scale_crop_box(frames.shape[2], frames.shape[1], self.input_size)
             frames = frames[:, top:top + h, left:left + w]
-        frames = _resize_hwc(torch.from_numpy(np.ascontiguousarray(frames)), self.input_size).numpy()
+        frames = resize_frames(torch.from_numpy(np.ascontiguousarray(frames)), self.input_size).numpy()
         mask = torch.from_numpy(np.asarray(self.mask_generator(), dtype=bool))
         return normalize(frames), mask
 

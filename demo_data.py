@@ -20,7 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-DEMO_CLASSES = ("smile forming", "smile fading", "brows raising", "mouth opening", "neutral")
+from datasets import DATASETS
+
+DEMO_CLASSES = DATASETS["DEMO"].classes
 
 # Bump when the generator's output changes, so existing datasets are regenerated instead of reused.
 _VERSION = 1

@@ -14,11 +14,11 @@ from PIL import Image, ImageOps
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import datasets
+import video_augment
 from datasets import (
     DATASETS,
     Annotation,
     ClipDataset,
-    VideoRandAugment,
     build_dataset,
     loaded_test_indices,
     read_annotations,
@@ -26,6 +26,7 @@ from datasets import (
     train_indices,
     view_start,
 )
+from video_augment import VideoRandAugment
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None, None]
 STD = torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None, None]
@@ -385,7 +386,7 @@ def test_training_draws_differ_between_items_and_follow_the_seed(tmp_path):
 def test_training_frames_are_pils_resize_to_within_2_levels_and_the_crop_resize_is_the_originals(tmp_path):
     folder = write_textured(tmp_path / "c", 6, size=57)
     cv2.imwrite(str(folder / "00006.jpg"), cv2.imread(str(folder / "00000.jpg"))[:50])  # another size: resized alone
-    source = datasets._Frames(entry(folder), "jpg")
+    source = datasets.FrameSource(entry(folder), "jpg")
     indices = np.array([0, 0, 3, 6, 6])
     frames, inverse = source.resized(indices, 32)
     assert frames.shape == (3, 32, 32, 3) and inverse.tolist() == [0, 0, 1, 2, 2]
@@ -420,9 +421,9 @@ def test_rand_augment_ops_match_timm_per_frame():
             ours = augment._apply(op, level_args, dict(kwargs), frames)
             theirs = np.stack([np.asarray(op.aug_fn(Image.fromarray(f), *level_args, **kwargs)) for f in frames])
             diff = np.abs(ours.astype(int) - theirs)
-            if op.name in datasets._TRANSLATIONS:
+            if op.name in video_augment._TRANSLATIONS:
                 assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, op.name
-            elif op.name in datasets._AFFINE_OPS:
+            elif op.name in video_augment._AFFINE_OPS:
                 assert diff.max() <= 8 and diff.mean() < 1.0, op.name
             else:
                 assert np.array_equal(ours, theirs), op.name
@@ -435,7 +436,7 @@ def test_translations_are_pils(shift):
     for axis, matrix in ((2, (1, 0, shift, 0, 1, 0)), (1, (1, 0, 0, 0, 1, shift))):
         theirs = np.stack([np.asarray(Image.fromarray(f).transform((40, 48), Image.AFFINE, matrix, Image.BICUBIC,
                                                                    fillcolor=(128, 127, 126))) for f in frames])
-        diff = np.abs(datasets.translate_frames(frames, shift, axis, (128, 127, 126)).astype(int) - theirs)
+        diff = np.abs(video_augment.translate_frames(frames, shift, axis, (128, 127, 126)).astype(int) - theirs)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
@@ -447,7 +448,8 @@ def test_autocontrast_and_equalize_equal_pils_on_any_histogram():
                             rng.integers(250, 256, (4, 24, 24, 1))], axis=3).astype(np.uint8)
     skewed = np.minimum(rng.exponential(20, (4, 24, 24, 3)), 255).astype(np.uint8)
     for frames in (smooth_frames(4, 24), two_levels, narrow, mixed, skewed, np.full((2, 8, 8, 3), 5, np.uint8)):
-        for ours, theirs in ((datasets.autocontrast, ImageOps.autocontrast), (datasets.equalize, ImageOps.equalize)):
+        for ours, theirs in ((video_augment.autocontrast, ImageOps.autocontrast),
+                             (video_augment.equalize, ImageOps.equalize)):
             expected = np.stack([np.asarray(theirs(Image.fromarray(f))) for f in frames])
             assert np.array_equal(ours(frames), expected), theirs.__name__
 
