@@ -72,6 +72,8 @@ class CABlock(nn.Module):
 class CAResNet(nn.Module):
     """`cablock`: conv stem, then four one-block stages; returns (flattened features, first attention map)."""
 
+    never_used = ("fc",)  # the original's, kept for its checkpoints' keys
+
     def __init__(self, in_chans: int = STEM_WIDTH):
         super().__init__()
         self.out_channels = STAGE_WIDTHS[-1]
@@ -117,6 +119,8 @@ class PositionViT(TimmVisionTransformer):
     `to_Mask` exist in the original's state_dict but are never used.
     """
 
+    never_used = ("cls_token", "head", "to_Mask")
+
     def __init__(self, grid_size: tuple[int, int] = (10, 10), in_chans: int = 3, embed_dim: int = 512):
         super().__init__(img_size=grid_size, patch_size=1, in_chans=in_chans, num_classes=5, embed_dim=embed_dim,
                          depth=2, num_heads=4, mlp_ratio=2, qkv_bias=True, class_token=True, no_embed_class=True,
@@ -131,6 +135,17 @@ class PositionViT(TimmVisionTransformer):
         x = self.patch_embed(x) + self.pos_embed
         x = self.norm(self.blocks(x))
         return x.transpose(1, 2).unflatten(2, self.grid_size)
+
+
+def never_used_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that no forward reaches (the modules' `never_used` attributes), e.g. to keep them out of DDP's
+    gradient reduction."""
+    found = []
+    for module in model.modules():
+        for name in getattr(module, "never_used", ()):
+            part = getattr(module, name)
+            found += list(part.parameters()) if isinstance(part, nn.Module) else [part]
+    return found
 
 
 def fuse(feature: torch.Tensor, motion: torch.Tensor, fusion: str) -> torch.Tensor:

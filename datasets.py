@@ -274,20 +274,33 @@ class TooManyBadSamplesError(RuntimeError):
 
 class BadSampleLog:
     """The distinct unreadable entries met so far (logged once each, with the file and the error); more than
-    `limit` of them raise TooManyBadSamplesError listing them all."""
+    `limit` of them raise TooManyBadSamplesError listing them all (`add`, or `record` then `check` where the
+    processes of a run first agree whether any of them went past the limit)."""
 
     def __init__(self, limit: int, seen: dict[str, str] | None = None):
         self.limit, self.seen = limit, dict(seen or {})
 
-    def add(self, bad: list[BadSample]) -> None:
+    def record(self, bad: list[BadSample]) -> None:
         for item in bad:
             if item.source not in self.seen:
                 self.seen[item.source] = item.error
                 logger.warning("skipped unreadable sample %d (--max_bad_samples %d): %s", len(self.seen),
                                self.limit, item.error)
-        if len(self.seen) > self.limit:
-            raise TooManyBadSamplesError(f"{len(self.seen)} unreadable samples, more than --max_bad_samples "
-                                         f"{self.limit}:\n  " + "\n  ".join(self.seen.values()))
+
+    @property
+    def exceeded(self) -> bool:
+        return len(self.seen) > self.limit
+
+    def check(self, seen: dict[str, str] | None = None) -> None:
+        """Raise if past the limit; `seen` (e.g. every process's entries) is what the error lists."""
+        seen = self.seen if seen is None else seen
+        if len(seen) > self.limit:
+            raise TooManyBadSamplesError(f"{len(seen)} unreadable samples, more than --max_bad_samples "
+                                         f"{self.limit}:\n  " + "\n  ".join(seen.values()))
+
+    def add(self, bad: list[BadSample]) -> None:
+        self.record(bad)
+        self.check()
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -431,17 +444,50 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_loader(dataset, args: argparse.Namespace, batch_size: int, train: bool = False,
-                 sequential: bool = False) -> torch.utils.data.DataLoader:
+class SharedMemoryError(RuntimeError):
+    """A DataLoader worker died for lack of shared memory (/dev/shm), e.g. in a Docker container's 64 MB default."""
+
+
+def shm_size() -> str:
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return "unknown (no /dev/shm)"
+    return f"{stat.f_blocks * stat.f_frsize / 2**20:.0f} MB, {stat.f_bavail * stat.f_frsize / 2**20:.0f} MB free"
+
+
+class Loader(torch.utils.data.DataLoader):
+    """torch's DataLoader, whose workers dying of a full /dev/shm (a bus error) stop the run saying so and how to
+    fix it, instead of a bare bus error."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                if "shared memory" not in str(err) and "Bus error" not in str(err):
+                    raise
+                raise SharedMemoryError(
+                    f"a data-loading worker was killed for lack of shared memory: /dev/shm is {shm_size()}, and "
+                    f"every worker passes its batches through it. Give the container more (docker run --shm-size "
+                    f"16g, or a larger /dev/shm), or use fewer --num_workers or a smaller --batch_size.\n({err})"
+                ) from err
+            yield batch
+
+
+def build_loader(dataset, args: argparse.Namespace, batch_size: int, *, device: torch.device, train: bool = False,
+                 sequential: bool = False) -> Loader:
     """Train and test go through a DistributedSampler (as in the original); validation does with --dist_eval."""
     if sequential:
         sampler = torch.utils.data.SequentialSampler(dataset)
     else:
-        sampler = ResumableSampler(dataset, get_world_size(), get_rank(), shuffle=train,
-                                         seed=args.seed)
+        sampler = ResumableSampler(dataset, get_world_size(), get_rank(), shuffle=train, seed=args.seed)
     # Workers start afresh each epoch, with the dataset's current epoch (its draws depend on it); the loader's own
     # generator keeps it from drawing a worker seed from the global RNG, which a resume restores step by step.
-    return torch.utils.data.DataLoader(
+    return Loader(
         dataset, sampler=sampler, batch_size=batch_size, num_workers=args.num_workers, drop_last=train,
-        pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=seed_worker,
+        pin_memory=args.pin_mem and device.type == "cuda", worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(args.seed), collate_fn=getattr(dataset, "collate", None))

@@ -133,15 +133,23 @@ class PretrainDataset(torch.utils.data.Dataset):
         return normalize(frames), mask
 
 
-def build_pretrain_dataset(args: argparse.Namespace, skip_bad: bool = False) -> PretrainDataset:
-    """The dataset of --data_path (a `<path> <label>` list; labels are read but unused)."""
-    annotations = read_annotations(args.data_path, None, getattr(args, "data_root", None))
-    generator = build_masking_generator(args.mask_type, args.window_size, args.mask_ratio, args.part_win_size,
+def face_crop_box(args: argparse.Namespace) -> tuple[slice, slice] | None:
+    """--face_crop: `voxceleb2` cuts the VoxCeleb2 face box; `auto` (the original's rule) does so when the list's
+    path names voxceleb2, at the size in the model's name (the original reads it from there)."""
+    if args.face_crop == "none" or (args.face_crop == "auto" and "voxceleb2" not in args.data_path.lower()):
+        return None
+    name_size = args.model.rsplit("_", 1)[-1]  # e.g. ..._patch16_160
+    return voxceleb2_crop(int(name_size) if name_size.isdigit() else args.input_size)
+
+
+def build_pretrain_dataset(args: argparse.Namespace, window_size: tuple[int, int, int],
+                           skip_bad: bool = False) -> PretrainDataset:
+    """The dataset of --data_path (a `<path> <label>` list; labels are read but unused), masks drawn on the model's
+    token grid `window_size` (t, h, w)."""
+    annotations = read_annotations(args.data_path, None, args.data_root)
+    generator = build_masking_generator(args.mask_type, window_size, args.mask_ratio, args.part_win_size,
                                         args.part_apply_symmetry)
-    face_crop = None
-    if "voxceleb2" in args.data_path.lower():
-        name_size = args.model.rsplit("_", 1)[-1]  # e.g. ..._patch16_160: the size the original reads the crop from
-        face_crop = voxceleb2_crop(int(name_size) if name_size.isdigit() else args.input_size)
+    face_crop = face_crop_box(args)
     return PretrainDataset(annotations, generator, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
                            num_samples=args.num_samples, input_size=args.input_size, face_crop=face_crop,
                            augment=not args.no_augmentation, seed=args.seed, skip_bad=skip_bad)

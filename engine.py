@@ -1,9 +1,16 @@
-"""Fine-tuning step loops: one training epoch, validation, and the multi-view final test."""
+"""Fine-tuning step loops: one training epoch, validation, and the multi-view final test.
+
+Every process of a multi-process run takes the same path through a step: before a forward they agree whether each
+has clips and whether any met too many unreadable ones, after it whether every loss is finite (`StepAgreement`),
+so no process ever waits in a collective that another one skipped.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,21 +43,52 @@ def new_meters(state: dict[str, list[float]] | None = None) -> dict[str, Average
     return meters
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, it: int, lr_schedule_values=None,
-                    wd_schedule_values=None) -> None:
-    """Global step `it`'s learning rate (times a group's lr_scale) and weight decay (groups that decay)."""
-    if lr_schedule_values is None:
+def epoch_stats(meters: dict[str, AverageMeter], device: torch.device) -> dict[str, float]:
+    """The epoch's averages over every step of every process (a collective), and the skipped steps (the same on
+    every process: they agree on each step)."""
+    names = [name for name in meters if name != "skipped_steps"]
+    totals = torch.tensor([[meters[n].sum, meters[n].count] for n in names], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    stats = {name: float(total / count) if count else float("nan")
+             for name, (total, count) in zip(names, totals.tolist())}
+    return {**stats, "skipped_steps": int(meters["skipped_steps"].sum)}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """--amp none | fp16 | bf16, and the fp16 loss scaler (None otherwise)."""
+
+    amp: str = "none"
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self, device: torch.device):
+        return autocast(device, self.amp)
+
+
+FLOAT32 = Precision()  # no autocast, no loss scaling
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed-precision context for --amp none | fp16 | bf16."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, global_step: int, schedule: utils.Schedule | None) -> None:
+    """The step's learning rate (times a group's lr_scale) and weight decay (groups that decay)."""
+    if schedule is None:
         return
     for group in optimizer.param_groups:
-        group["lr"] = float(lr_schedule_values[it]) * group.get("lr_scale", 1.0)
-        if wd_schedule_values is not None and group["weight_decay"] > 0:
-            group["weight_decay"] = float(wd_schedule_values[it])
+        group["lr"] = float(schedule.lr[global_step]) * group.get("lr_scale", 1.0)
+        if group["weight_decay"] > 0:
+            group["weight_decay"] = float(schedule.weight_decay[global_step])
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                   max_norm: float | None, meters: dict[str, AverageMeter]) -> float:
-    """Unscale, clip to max_norm (or only measure) the gradient norm, step; under fp16 the scaler skips a step whose
-    gradients overflowed (counted in meters["skipped_steps"]) and updates its scale. Returns the gradient norm."""
+                   max_norm: float | None) -> float | None:
+    """Unscale, clip to max_norm (or only measure) the gradient norm, step. Under fp16 the scaler skips a step whose
+    gradients overflowed and lowers its scale: then None, else the gradient norm."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     parameters = [p for p in model.parameters() if p.grad is not None]
@@ -61,50 +99,99 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: t
     scale = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()
-    meters["skipped_steps"].update(int(scaler.get_scale() < scale))
-    return grad_norm
+    return None if scaler.get_scale() < scale else grad_norm
 
 
-def autocast(device: torch.device, amp: str):
-    """Mixed-precision context for --amp none | fp16 | bf16."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+def skip_scaled_step(scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    """What GradScaler does with an overflow, for a step whose loss was already non-finite: no update, a smaller
+    scale. (`scale` first: the scaler makes its scale lazily, and `update` before any `scale` would fail.)"""
+    scaler.scale(loss)
+    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
 
 
-def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, scaler: torch.amp.GradScaler | None, amp: str,
-                    max_norm: float | None = None, model_ema=None, mixup_fn=None, log_writer=None,
-                    start_steps: int = 0, lr_schedule_values=None, wd_schedule_values=None,
-                    num_training_steps_per_epoch: int | None = None, update_freq: int = 1, start_step: int = 0,
-                    meters: dict[str, AverageMeter] | None = None, on_step: Callable | None = None,
-                    bad_samples=None) -> dict[str, float]:
+class StepAgreement:
+    """What the processes of a run must agree on at every micro-batch, so that all take the same path.
+
+    `before_forward`: does every process have clips, and did any meet more unreadable ones than allowed (then all
+    raise, listing everyone's)? `after_forward`: is every loss finite? One small all-reduce / all-gather each; a
+    one-process run makes none.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+    def before_forward(self, has_data: bool, bad_samples) -> bool:
+        """True when every process has clips for this micro-batch (else all skip it)."""
+        exceeded = bad_samples is not None and bad_samples.exceeded
+        if not self.distributed:
+            if exceeded:
+                bad_samples.check()
+            return has_data
+        flags = torch.tensor([int(not has_data), int(exceeded)], device=self.device)
+        torch.distributed.all_reduce(flags)
+        missing, exceeded_anywhere = flags.tolist()
+        if exceeded_anywhere:
+            seen = {k: v for rank_seen in utils.all_gather_objects(bad_samples.seen) for k, v in rank_seen.items()}
+            bad_samples.check(seen)
+        return missing == 0
+
+    def after_forward(self, loss_value: float) -> tuple[float, int | None]:
+        """The first non-finite loss over the processes and its rank (None: every loss is finite)."""
+        if not self.distributed:
+            return loss_value, None if math.isfinite(loss_value) else 0
+        values = torch.tensor([loss_value], dtype=torch.float64, device=self.device)
+        gathered = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, values)
+        for rank, value in enumerate(torch.cat(gathered).tolist()):
+            if not math.isfinite(value):
+                return value, rank
+        return loss_value, None
+
+
+def non_finite_message(value: float, rank: int, epoch: int, step: int, global_step: int) -> str:
+    where = f" on process {rank}" if torch.distributed.is_initialized() else ""
+    return f"loss is {value}{where} at epoch {epoch}, step {step} (global step {global_step})"
+
+
+def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, epoch: int, criterion: Callable,
+                    precision: Precision = FLOAT32, schedule: utils.Schedule | None = None,
+                    global_step_offset: int = 0, resume_step: int = 0, meters: dict[str, AverageMeter] | None = None,
+                    update_freq: int = 1, max_norm: float | None = None, model_ema=None, mixup_fn=None,
+                    log_writer=None, on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
     """One epoch of (mixup) training with per-step LR / weight-decay schedules and gradient accumulation.
 
-    Resuming: the loader yields what is left of the epoch after `start_step` optimizer steps and `meters` holds
+    Resuming: the loader yields what is left of the epoch after `resume_step` optimizer steps and `meters` holds
     their averages. `on_step(step, meters)` runs after each optimizer step (e.g. a checkpoint). Batches from a
-    dataset with skip_bad end with their unreadable entries, handed to `bad_samples.add`. Under fp16 loss
-    scaling a step with a non-finite loss or gradient is skipped and counted (skipped_steps), as GradScaler does;
-    otherwise a non-finite loss raises NonFiniteLossError.
+    dataset with skip_bad end with their unreadable entries, handed to `bad_samples`. Under fp16 loss scaling a
+    step with a non-finite loss or gradient is skipped and counted (skipped_steps), as GradScaler does; otherwise
+    a non-finite loss raises NonFiniteLossError. Gradients are all-reduced once per optimizer step (DDP's
+    `no_sync` on the other micro-batches). Returns the epoch averages over every process.
     """
     model.train()
     meters = meters or new_meters()
+    scaler = precision.scaler
+    agreement = StepAgreement(device)
     optimizer.zero_grad()
     progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
-                    initial=start_step * update_freq, total=start_step * update_freq + len(data_loader))
-    skip = False  # this step met a non-finite loss under loss scaling
-    for data_iter_step, batch in enumerate(progress, start_step * update_freq):
+                    initial=resume_step * update_freq, total=resume_step * update_freq + len(data_loader))
+    skip = False  # this optimizer step met a non-finite loss under loss scaling
+    steps_per_epoch = schedule.steps_per_epoch if schedule is not None else None
+    for micro_step, batch in enumerate(progress, resume_step * update_freq):
         samples, targets = unpack_batch(batch, 2, bad_samples)
-        step = data_iter_step // update_freq
-        if num_training_steps_per_epoch is not None and step >= num_training_steps_per_epoch:
+        step = micro_step // update_freq
+        if steps_per_epoch is not None and step >= steps_per_epoch:
             continue
-        it = start_steps + step
-        if data_iter_step % update_freq == 0:
-            apply_schedules(optimizer, it, lr_schedule_values, wd_schedule_values)
+        global_step = global_step_offset + step
+        last_micro_step = (micro_step + 1) % update_freq == 0
+        if micro_step % update_freq == 0:
+            apply_schedules(optimizer, global_step, schedule)
 
         loss_value = float("nan")
         if mixup_fn is not None and len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one
             samples, targets = samples[:-1], targets[:-1]
-        if len(samples):
+        if agreement.before_forward(len(samples) > 0, bad_samples):
             samples = samples.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             if mixup_fn is not None:
@@ -112,23 +199,26 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
                 # one axis applies the same box to every frame, as the video mixup of the original.
                 mixed, targets = mixup_fn(samples.flatten(1, 2), targets)
                 samples = mixed.view_as(samples)
-            with autocast(device, amp):
-                loss = criterion(model(samples), targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                if scaler is None:
-                    raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step} (global step {it})")
-                skip = True
-            if not skip:
-                loss = loss / update_freq
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-        if (data_iter_step + 1) % update_freq == 0:
-            if skip:
-                # What GradScaler does with an overflow: no update, a smaller scale.
-                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+            sync = last_micro_step or not hasattr(model, "no_sync")
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with precision.autocast(device):
+                    loss = criterion(model(samples), targets)
+                loss_value = loss.item()
+                bad_value, bad_rank = agreement.after_forward(loss_value)
+                if bad_rank is not None:
+                    if scaler is None:
+                        raise NonFiniteLossError(non_finite_message(bad_value, bad_rank, epoch, step, global_step))
+                    if not skip:
+                        skip_scaled_step(scaler, loss)
+                    skip = True
+                if not skip:
+                    loss = loss / update_freq
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+        if last_micro_step:
+            grad_norm = None if skip else optimizer_step(model, optimizer, scaler, max_norm)
+            if grad_norm is None:
                 meters["skipped_steps"].update(1)
             else:
-                grad_norm = optimizer_step(model, optimizer, scaler, max_norm, meters)
                 if model_ema is not None:
                     model_ema.update(model)
                 meters["grad_norm"].update(grad_norm)
@@ -148,31 +238,30 @@ def train_one_epoch(model: nn.Module, criterion: Callable, data_loader: Iterable
                                     ("opt/loss_scale", meters["loss_scale"].val),
                                     ("opt/weight_decay", meters["weight_decay"].val),
                                     ("opt/grad_norm", meters["grad_norm"].val)):
-                    log_writer.add_scalar(name, value, it)
-        if on_step is not None and (data_iter_step + 1) % update_freq == 0:
+                    log_writer.add_scalar(name, value, global_step)
+        if on_step is not None and last_micro_step:
             on_step(step + 1, meters)
-    stats = {name: meter.avg for name, meter in meters.items()}
-    stats["skipped_steps"] = int(meters["skipped_steps"].sum)
-    return stats
+    return epoch_stats(meters, device)
 
 
 def unpack_batch(batch, fields: int, bad_samples) -> tuple:
     """A batch's `fields` entries. A trailing list of unreadable entries (collate_skipping_bad) goes to
-    `bad_samples.add`; a batch of unreadable entries only gives empty fields."""
+    `bad_samples.record`; a batch of unreadable entries only gives empty fields."""
     if len(batch) in (1, fields + 1):
         *batch, bad = batch
         if bad_samples is not None:
-            bad_samples.add(bad)
+            bad_samples.record(bad)
     if not batch:
         return (torch.empty(0), torch.empty(0, dtype=torch.long), *[[] for _ in range(fields - 2)])
     return tuple(batch)
 
 
 @torch.no_grad()
-def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp: str, num_classes: int,
-             bad_samples=None) -> dict:
+def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, num_classes: int,
+             precision: Precision = FLOAT32, bad_samples=None) -> dict:
     """Validation: hard-label cross-entropy, acc@1/5 and UAR/WAR/F1 over every readable clip (gathered across
-    ranks); unreadable ones (skip_bad) go to `bad_samples.add`."""
+    ranks); unreadable ones (skip_bad) go to `bad_samples`. `model` is the plain module, not DDP's wrapper: its
+    forward makes no collective, so a process whose batch was unreadable can skip it."""
     model.eval()
     records = []
     for batch in tqdm(data_loader, desc="validation", disable=not utils.is_main_process(), dynamic_ncols=True):
@@ -180,13 +269,15 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp:
         if not len(samples):
             continue
         samples, targets = samples.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with precision.autocast(device):
             logits = model(samples)
         logits = logits.float()
         losses = nn.functional.cross_entropy(logits, targets, reduction="none")
         ranked = logits.topk(min(5, num_classes), dim=1).indices
         for clip_id, label, loss, row in zip(ids, targets.tolist(), losses.tolist(), ranked.tolist()):
             records.append((clip_id, label, loss, row))
+    if bad_samples is not None:  # every process checks the limit here, at the same point
+        StepAgreement(device).before_forward(True, bad_samples)
     # Gather every rank's clips and drop the duplicates a DistributedSampler pads with.
     unique = {}
     for rank_records in utils.all_gather_objects(records):
@@ -204,13 +295,13 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, amp:
 
 @torch.no_grad()
 def predict_views(data_loader: Iterable, model: nn.Module, device: torch.device,
-                  amp: str) -> list[tuple[str, int, int, int, np.ndarray]]:
+                  precision: Precision = FLOAT32) -> list[tuple[str, int, int, int, np.ndarray]]:
     """Softmax probabilities (float64) of every test view on this rank: (clip id, label, chunk, crop, probs)."""
     model.eval()
     records = []
     for samples, targets, ids, chunks, crops in tqdm(data_loader, desc="test", disable=not utils.is_main_process(),
                                                      dynamic_ncols=True):
-        with autocast(device, amp):
+        with precision.autocast(device):
             logits = model(samples.to(device, non_blocking=True))
         probs = torch.softmax(logits.double(), dim=1).cpu().numpy()
         records += list(zip(ids, targets.tolist(), chunks.tolist(), crops.tolist(), probs))

@@ -7,7 +7,6 @@ the normalisation, in normalised units). The loss is the MSE over the masked tok
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 import engine
 import utils
-from engine import NonFiniteLossError, autocast
+from engine import NonFiniteLossError
 
 PATCHES = "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c"
 VIDEO = "b (t h w) (p0 p1 p2) c -> b c (t p0) (h p1) (w p2)"
@@ -89,69 +88,63 @@ def split_samples(videos: torch.Tensor, mask: torch.Tensor, num_samples: int) ->
     return videos, mask.repeat_interleave(num_samples, dim=0)
 
 
-def _reduce_across_ranks(meters: dict[str, AverageMeter]) -> dict[str, float]:
-    """Epoch averages over every step of every rank."""
-    totals = torch.tensor([[m.sum, m.count] for m in meters.values()], dtype=torch.float64)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(totals)
-    return {name: float(total / count) if count else float("nan")
-            for name, (total, count) in zip(meters, totals.tolist())}
-
-
 def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, objective: Objective, scaler: torch.amp.GradScaler | None,
-                    amp: str, max_norm: float | None = None, log_writer=None, start_steps: int = 0,
-                    lr_schedule_values=None, wd_schedule_values=None, num_samples: int = 1,
-                    last_checkpoint: Callable[[], str | None] | None = None, start_step: int = 0,
-                    meters: dict[str, AverageMeter] | None = None, on_step: Callable | None = None,
-                    bad_samples=None) -> dict[str, float]:
+                    device: torch.device, *, epoch: int, objective: Objective,
+                    precision: engine.Precision = engine.FLOAT32, schedule: utils.Schedule | None = None,
+                    global_step_offset: int = 0, resume_step: int = 0, meters: dict[str, AverageMeter] | None = None,
+                    num_samples: int = 1, max_norm: float | None = None, log_writer=None,
+                    on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
     """One pretraining epoch with per-step LR / weight-decay schedules; returns the epoch averages over all ranks.
 
-    Resuming: the loader yields what is left of the epoch after `start_step` steps and `meters` holds their
+    Resuming: the loader yields what is left of the epoch after `resume_step` steps and `meters` holds their
     averages; `on_step(step, meters)` runs after every step (e.g. a checkpoint). Unreadable videos of a batch
-    (a dataset with skip_bad) go to `bad_samples.add`; the step trains on the others. A non-finite loss raises
-    NonFiniteLossError naming the step, the loss and `last_checkpoint()`; under fp16 the grad scaler skips steps
-    whose gradients overflow (counted in `skipped_steps`), as the original's scaler does.
+    (a dataset with skip_bad) go to `bad_samples`; the step trains on the others (all processes skip a step in
+    which one of them has none). A non-finite loss on any process raises NonFiniteLossError on all of them,
+    naming the step and the loss; under fp16 the grad scaler skips steps whose gradients overflow (counted in
+    `skipped_steps`), as the original's scaler does.
     """
     model.train()
     meters = meters or engine.new_meters()
+    scaler = precision.scaler
+    agreement = engine.StepAgreement(device)
     progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
-                    initial=start_step, total=start_step + len(data_loader))
-    for step, batch in enumerate(progress, start_step):
-        it = start_steps + step
+                    initial=resume_step, total=resume_step + len(data_loader))
+    for step, batch in enumerate(progress, resume_step):
+        global_step = global_step_offset + step
         videos, mask = engine.unpack_batch(batch, 2, bad_samples)
-        if not len(videos):  # every video of the batch was unreadable
+        if not agreement.before_forward(len(videos) > 0, bad_samples):  # a process's videos were all unreadable
             if on_step is not None:
                 on_step(step + 1, meters)
             continue
-        engine.apply_schedules(optimizer, it, lr_schedule_values, wd_schedule_values)
+        engine.apply_schedules(optimizer, global_step, schedule)
         videos, mask = split_samples(videos.to(device, non_blocking=True), mask.to(device, non_blocking=True),
                                      num_samples)
         target = objective.targets(videos, mask)
-        with autocast(device, amp):
+        with precision.autocast(device):
             loss = objective.loss(model(videos, mask), target)
         loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            checkpoint = last_checkpoint() if last_checkpoint is not None else None
-            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, step {step} (global step {it}); "
-                                     f"last good checkpoint: {checkpoint or 'none written yet'}")
+        bad_value, bad_rank = agreement.after_forward(loss_value)
+        if bad_rank is not None:
+            raise NonFiniteLossError(engine.non_finite_message(bad_value, bad_rank, epoch, step, global_step))
 
         optimizer.zero_grad()
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        grad_norm = engine.optimizer_step(model, optimizer, scaler, max_norm, meters)
+        grad_norm = engine.optimizer_step(model, optimizer, scaler, max_norm)
+        if grad_norm is None:
+            meters["skipped_steps"].update(1)
 
         lrs = [g["lr"] for g in optimizer.param_groups]
         values = dict(loss=loss_value, loss_scale=scaler.get_scale() if scaler is not None else 1.0, lr=max(lrs),
                       min_lr=min(lrs), weight_decay=max(g["weight_decay"] for g in optimizer.param_groups),
                       grad_norm=grad_norm)
         for name, value in values.items():
-            meters[name].update(value)
+            if value is not None:
+                meters[name].update(value)
         progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{max(lrs):.2e}")
         if log_writer is not None:
             for name, value in values.items():
-                log_writer.add_scalar(("loss/" if name == "loss" else "opt/") + name, value, it)
+                if value is not None:
+                    log_writer.add_scalar(("loss/" if name == "loss" else "opt/") + name, value, global_step)
         if on_step is not None:
             on_step(step + 1, meters)
-    skipped = int(meters["skipped_steps"].sum)
-    return {**_reduce_across_ranks({k: v for k, v in meters.items() if k != "skipped_steps"}),
-            "skipped_steps": skipped}
+    return engine.epoch_stats(meters, device)

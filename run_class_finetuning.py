@@ -8,25 +8,23 @@ torchrun for several), plus --fusion, --amp, --compile, --data_root and --demo. 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
 import timm
-import torch
-from tensorboardX import SummaryWriter
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
+from torch import nn
 
+import checkpoint
 import datasets
 import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
+import training
 import utils
-from data_check import DataCheckError, check_lists
-from datasets import DATASETS, BadSampleLog, build_dataset
+from datasets import DATASETS, build_dataset
 from metrics import format_summary, write_test_report
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
@@ -125,7 +123,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def create_model(args: argparse.Namespace) -> torch.nn.Module:
+def create_model(args: argparse.Namespace) -> nn.Module:
     """The fine-tune model exactly as the original script builds it, plus --fusion and the input size."""
     kwargs = dict(pretrained=False, img_size=args.input_size, num_classes=args.nb_classes,
                   all_frames=args.num_frames * args.num_segments, tubelet_size=args.tubelet_size,
@@ -138,186 +136,137 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
     return timm.create_model(args.model, **kwargs)
 
 
-def final_test(args, model, data_loader, device, epoch, header: str | None, checkpoint: str | None) -> dict:
-    """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written."""
-    records = engine.predict_views(data_loader, model, device, args.amp)
+def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, data_loader, precision, *,
+               epoch: int | str | None, header: str | None, checkpoint: str | None) -> None:
+    """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written and summarised."""
+    records = engine.predict_views(data_loader, model, run.device, precision)
     gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
-    if not utils.is_main_process():
-        return {}
-    return write_test_report(args.output_dir, gathered, DATASETS[args.data_set].classes, header=header,
-                             checkpoint=checkpoint, epoch=epoch)
+    if run.is_main:
+        stats = write_test_report(run.output_dir, gathered, DATASETS[args.data_set].classes, header=header,
+                                  checkpoint=checkpoint, epoch=epoch)
+        logging.info(format_summary(stats, run.output_dir))
 
 
-def check_data(args: argparse.Namespace) -> None:
-    """The fast data check (data_check.py) of the lists this run reads: a bad list stops it now, with file and line."""
+def data_lists(args: argparse.Namespace) -> list[Path]:
+    """The lists this run reads: test.csv, and for training train.csv and the validation list."""
     names = ["test.csv"]
     if not args.eval:
         names += ["train.csv"] + ([] if args.disable_eval_during_finetuning else [DATASETS[args.data_set].val_file])
-    try:
-        check_lists([Path(args.data_path) / name for name in dict.fromkeys(names)], args.nb_classes, args.data_root)
-    except DataCheckError as err:
-        raise SystemExit(str(err)) from None
+    return [Path(args.data_path) / name for name in dict.fromkeys(names)]
 
 
-def main(args: argparse.Namespace) -> torch.nn.Module:
-    """Fine-tune (resuming what output_dir holds) and test, or only test with --eval; returns the model."""
-    device = utils.start_run(args)
-    if args.demo and utils.is_main_process() and not (Path(args.data_path) / "train.csv").exists():
+def make_demo_data(args: argparse.Namespace) -> None:
+    if not (Path(args.data_path) / "train.csv").exists():
         from demo_data import make_demo_dataset
 
         make_demo_dataset(args.data_path)
-    if args.distributed:
-        torch.distributed.barrier()
-    args.output_dir = args.output_dir or "."
-    utils.check_output_dir(args)
 
-    check_data(args)
-    dataset_test, args.nb_classes = build_dataset(is_train=False, test_mode=True, args=args)
-    dataset_train = None if args.eval else build_dataset(is_train=True, test_mode=False, args=args)[0]
-    dataset_val = None
-    if not args.eval and not args.disable_eval_during_finetuning:
-        dataset_val = build_dataset(is_train=False, test_mode=False, args=args)[0]
-    loader_test = datasets.build_loader(dataset_test, args, args.batch_size)
 
+def create_criterion(args: argparse.Namespace) -> tuple[Mixup | None, nn.Module]:
+    """Mixup / cutmix (which pair a batch's clips) with soft-target cross-entropy, else (smoothed) cross-entropy."""
+    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        return None, LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing > 0 else nn.CrossEntropyLoss()
+    if args.batch_size % 2:
+        raise ValueError(f"--batch_size {args.batch_size}: mixup / cutmix pair a batch's clips, it must be even")
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                  label_smoothing=args.smoothing, num_classes=args.nb_classes)
+    return mixup, SoftTargetCrossEntropy()
+
+
+def main(args: argparse.Namespace) -> nn.Module:
+    """Fine-tune (resuming what output_dir holds) and test, or only test with --eval; returns the model."""
+    run = training.prepare_run(args, lists=data_lists(args), nb_classes=args.nb_classes, evaluating=args.eval,
+                               make_demo_data=lambda: make_demo_data(args))
+    device, precision = run.device, run.precision()
+    dataset_test = build_dataset(is_train=False, test_mode=True, args=args)[0]
+    loader_test = datasets.build_loader(dataset_test, args, args.batch_size, device=device)
     model = create_model(args)
     if args.finetune:
-        utils.load_pretrained(model, args.finetune, args.model_key, args.model_prefix)
+        checkpoint.load_pretrained(model, args.finetune, args.model_key, args.model_prefix)
     model.to(device)
-    model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logging.info("model %s (fusion %s): %d trainable parameters", args.model, args.fusion, n_parameters)
-    model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                           device="cpu" if args.model_ema_force_cpu else None) if args.model_ema else None
-
-    total_batch_size = args.batch_size * args.update_freq * utils.get_world_size()
-    args.lr, args.min_lr = args.lr * total_batch_size / 256, args.min_lr * total_batch_size / 256
-    optimizer = create_optimizer_v2(model_without_ddp, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    momentum=args.momentum, layer_decay=args.layer_decay, eps=args.opt_eps,
-                                    **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    resumed = utils.auto_load_model(args, model_without_ddp, optimizer, scaler, model_ema) or {}
-    if args.compile:
-        model = torch.compile(model)
-    if args.distributed:
-        # cablock.fc is never called and, with region pooling, the last block's third attention feeds nothing.
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
     if args.eval:
-        if not args.resume and not args.finetune:
+        state = training.resume(args, run, model, evaluating=True)
+        if not state.checkpoint and not args.finetune:
             logging.warning("--eval without a checkpoint: testing an untrained model")
-        stats = final_test(args, model, loader_test, device, epoch=None, header=None,
-                           checkpoint=args.resume or args.finetune or None)
-        if stats:
-            logging.info(format_summary(stats, args.output_dir))
-        return model_without_ddp
+        final_test(args, run, model, loader_test, precision, epoch=None, header=None,
+                   checkpoint=state.checkpoint or args.finetune or None)
+        return model
 
-    loader_train = datasets.build_loader(dataset_train, args, args.batch_size, train=True)
-    loader_val = None
-    if dataset_val is not None:
+    dataset_train = build_dataset(is_train=True, test_mode=False, args=args)[0]
+    loader_train = datasets.build_loader(dataset_train, args, args.batch_size, train=True, device=device)
+    dataset_val = loader_val = None
+    if not args.disable_eval_during_finetuning:
+        dataset_val = build_dataset(is_train=False, test_mode=False, args=args)[0]
         loader_val = datasets.build_loader(dataset_val, args, int(1.5 * args.batch_size),
-                                           sequential=not args.dist_eval)
-    steps_per_epoch = len(dataset_train) // total_batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training set has {len(dataset_train)} clips, fewer than one global batch "
-                         f"({total_batch_size} = batch_size x update_freq x processes)")
-    lr_schedule, wd_schedule = utils.schedules(args, steps_per_epoch)
-    mixup_fn = None
-    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        if args.batch_size % 2:
-            raise ValueError(f"--batch_size {args.batch_size}: mixup / cutmix pair a batch's clips, it must be even")
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=args.nb_classes)
-        criterion = SoftTargetCrossEntropy()
-    elif args.smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    else:
-        criterion = torch.nn.CrossEntropyLoss()
-    log_writer = SummaryWriter(args.log_dir or args.output_dir) if utils.is_main_process() else None
-    log_path = Path(args.output_dir) / "log.txt"
-    logging.info("global batch %d, peak lr %.3g, %d steps per epoch", total_batch_size, args.lr, steps_per_epoch)
-
-    # Resume where the checkpoint left off: best metric, unreadable clips met, epoch averages, then every RNG.
-    best, start_step = resumed.get("best_metric", -float("inf")), getattr(args, "start_step", 0)
-    before = resumed.get("args")
-    if start_step and (before.batch_size, before.update_freq, before.world_size) != (
-            args.batch_size, args.update_freq, args.world_size):
-        raise utils.CheckpointError(f"{args.resume} stopped mid-epoch with batch {before.batch_size} x update_freq "
-                                    f"{before.update_freq} x {before.world_size} processes: resume it with the same")
-    bad_samples = BadSampleLog(args.max_bad_samples, resumed.get("bad_samples"))
-    meters = engine.new_meters(resumed.get("train_meters") if start_step else None)
-    if args.start_epoch >= args.epochs:
+                                           sequential=not args.dist_eval, device=device)
+    global_batch = args.batch_size * args.update_freq * run.process.world_size
+    steps = training.steps_per_epoch(len(dataset_train), global_batch, "the training set")
+    schedule = utils.build_schedule(args, global_batch, steps)
+    mixup_fn, criterion = create_criterion(args)
+    model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                           device="cpu" if args.model_ema_force_cpu else None) if args.model_ema else None
+    optimizer = training.create_optimizer(args, model, schedule.peak_lr, layer_decay=args.layer_decay)
+    state = training.resume(args, run, model, optimizer=optimizer, precision=precision, model_ema=model_ema,
+                            max_bad_samples=args.max_bad_samples,
+                            geometry=dict(batch_size=args.batch_size, update_freq=args.update_freq,
+                                          processes=run.process.world_size))
+    saver = training.Checkpointer(run, state, model, optimizer, training.checkpoint_args(args, run, global_batch),
+                                  precision, epochs=args.epochs, save_ckpt_freq=args.save_ckpt_freq,
+                                  save_every_steps=args.save_every_steps, keep_last=args.keep_last_ckpts,
+                                  model_ema=model_ema, enabled=args.save_ckpt)
+    train_model = training.distributed_model(model, run, compile=args.compile)
+    log_writer = training.log_writer(args, run)
+    logging.info("global batch %d, peak lr %.3g, %d steps per epoch", global_batch, schedule.peak_lr, steps)
+    if state.start_epoch >= args.epochs:
         logging.warning("%s holds a finished run (%s): training skipped, the final test runs again",
-                        args.output_dir, args.resume)
-    if len(resumed.get("rng") or []) == utils.get_world_size():
-        utils.set_rng_state(resumed["rng"][utils.get_rank()])
-    elif resumed.get("rng"):
-        logging.warning("the checkpoint's RNG states are of %d processes: continuing with fresh seeds",
-                        len(resumed["rng"]))
-
-    def resume_state(meters=None) -> dict:
-        """What a checkpoint needs beyond the model and optimizer to continue bit-exactly (a collective)."""
-        seen = {k: v for rank_seen in utils.all_gather_objects(bad_samples.seen) for k, v in rank_seen.items()}
-        return {"rng": utils.gather_rng_states(), "best_metric": best, "bad_samples": seen,
-                "train_meters": engine.meters_state(meters) if meters else None}
-
-    def save_mid_epoch(step: int, meters) -> None:
-        if args.save_ckpt and args.save_every_steps > 0 and step < steps_per_epoch and \
-                (epoch * steps_per_epoch + step) % args.save_every_steps == 0:
-            utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, model_ema, step=step,
-                             numbered=False, extra=resume_state(meters))
+                        run.output_dir, state.checkpoint)
 
     start = time.time()
-    for epoch in range(args.start_epoch, args.epochs):
+    for epoch in range(state.start_epoch, args.epochs):
+        resume_step = state.start_step if epoch == state.start_epoch else 0
         # This rank's clips of the epoch already seen (steps x accumulation x batch) are skipped.
-        loader_train.sampler.set_epoch(epoch, start=start_step * args.update_freq * args.batch_size)
+        loader_train.sampler.set_epoch(epoch, start=resume_step * args.update_freq * args.batch_size)
         dataset_train.set_epoch(epoch)
-        try:
+        with training.naming_last_checkpoint(run.output_dir):
             train_stats = engine.train_one_epoch(
-                model, criterion, loader_train, optimizer, device, epoch, scaler, args.amp, args.clip_grad,
-                model_ema, mixup_fn, log_writer, start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule,
-                wd_schedule_values=wd_schedule, num_training_steps_per_epoch=steps_per_epoch,
-                update_freq=args.update_freq, start_step=start_step, meters=meters, on_step=save_mid_epoch,
-                bad_samples=bad_samples)
-        except engine.NonFiniteLossError as err:
-            last = utils.latest_checkpoint(args.output_dir)
-            raise engine.NonFiniteLossError(f"{err}; last good checkpoint: {last or 'none written yet'}") from None
-        start_step, meters = 0, None
+                train_model, loader_train, optimizer, device, epoch=epoch, criterion=criterion, precision=precision,
+                schedule=schedule, global_step_offset=epoch * steps, resume_step=resume_step,
+                meters=state.meters if resume_step else None, update_freq=args.update_freq,
+                max_norm=args.clip_grad, model_ema=model_ema, mixup_fn=mixup_fn, log_writer=log_writer,
+                on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
         if loader_val is not None:
             dataset_val.set_epoch(epoch)
-            val_stats = engine.evaluate(loader_val, model, device, args.amp, args.nb_classes, bad_samples)
+            val_stats = engine.evaluate(loader_val, model, device, num_classes=args.nb_classes, precision=precision,
+                                        bad_samples=state.bad_samples)
             logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
                          val_stats["uar"], val_stats["war"], val_stats["loss"])
-            if val_stats[args.val_metric] > best and args.save_ckpt:
-                best = val_stats[args.val_metric]
-                utils.save_model(args, "best", model_without_ddp, optimizer, scaler, model_ema)
+            if val_stats[args.val_metric] > state.best_metric and args.save_ckpt:
+                state.best_metric = val_stats[args.val_metric]
+                saver.save("best")
             log_stats.update({f"val_{k}": v for k, v in val_stats.items() if k != "num_clips"})
             if log_writer is not None:
                 for k in ("acc1", "acc5", "loss", "uar", "war"):
                     log_writer.add_scalar(f"perf/val_{k}", val_stats[k], epoch)
-        if utils.is_main_process():
-            with open(log_path, "a") as f:
-                f.write(json.dumps({**log_stats, "epoch": epoch, "n_parameters": n_parameters}) + "\n")
-        if args.save_ckpt:  # checkpoint-last.pth every epoch; checkpoint-<epoch>.pth as the original
-            numbered = (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs
-            utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, model_ema, numbered=numbered,
-                             keep_last=args.keep_last_ckpts, extra=resume_state())
+        training.write_log(run, {**log_stats, "epoch": epoch, "n_parameters": n_parameters})
+        saver.end_of_epoch(epoch)
     logging.info("training time %.0f s", time.time() - start)
 
     # The weights tested: the best checkpoint's, or the last epoch's, trained from --finetune (whether resumed or not).
-    epoch, checkpoint = args.epochs - 1, args.finetune or None
+    epoch, tested = args.epochs - 1, args.finetune or None
     if args.final_model == "best":
-        checkpoint = str(Path(args.output_dir) / "checkpoint-best.pth")
-        utils.load_model_weights(model_without_ddp, checkpoint)
+        tested = str(run.output_dir / "checkpoint-best.pth")
+        checkpoint.load_model_weights(model, tested)
         epoch = "best"
-    stats = final_test(args, model, loader_test, device, epoch, header=f"{args.final_model} epoch model",
-                       checkpoint=checkpoint)
-    if stats:
-        logging.info(format_summary(stats, args.output_dir))
-    return model_without_ddp
+    final_test(args, run, model, loader_test, precision, epoch=epoch, header=f"{args.final_model} epoch model",
+               checkpoint=tested)
+    return model
 
 
 if __name__ == "__main__":
-    main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))
+    with training.process_group_closed():
+        main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))

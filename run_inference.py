@@ -21,10 +21,10 @@ import cv2
 import torch
 from tqdm import tqdm
 
+import checkpoint as ckpt
 import faces
 import run_class_finetuning as rcf
 import timeline
-import utils
 from datasets import DATASETS, VIDEO_EXTENSIONS
 from engine_inference import VideoError, process_video
 
@@ -97,13 +97,13 @@ def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespa
     else:
         vars(cfg).update(vars(stored))
     if stored is None or "fusion" not in vars(stored):
-        cfg.fusion = infer_fusion(utils.select_state_dict(checkpoint))
+        cfg.fusion = infer_fusion(ckpt.select_state_dict(checkpoint))
     for name in MODEL_FLAGS:
         given = getattr(args, name)
         if given is None:
             continue
         if stored is not None and name in vars(stored) and _same(getattr(stored, name)) != _same(given):
-            raise utils.CheckpointError(f"{args.checkpoint}: --{name} {given} does not match the checkpoint, which "
+            raise ckpt.CheckpointError(f"{args.checkpoint}: --{name} {given} does not match the checkpoint, which "
                                         f"was trained with {name} {getattr(stored, name)}")
         setattr(cfg, name, given)
     if cfg.data_set not in DATASETS:
@@ -115,7 +115,7 @@ def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespa
     if stored is None and args.sampling_rate is None:
         cfg.sampling_rate = 1 if cfg.data_set == "FERV39k" else 4
     if cfg.nb_classes != len(classes):
-        raise utils.CheckpointError(f"{args.checkpoint}: {cfg.nb_classes} classes, but {cfg.data_set} has "
+        raise ckpt.CheckpointError(f"{args.checkpoint}: {cfg.nb_classes} classes, but {cfg.data_set} has "
                                     f"{len(classes)} ({', '.join(classes)})")
     cfg.num_segments, cfg.drop_path = 1, 0.0
     return cfg
@@ -127,10 +127,10 @@ def _same(value):
 
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, argparse.Namespace, dict]:
     """The model with the checkpoint's weights (strict), its configuration and its identity for summary.json."""
-    checkpoint = utils.load_checkpoint(args.checkpoint)
+    checkpoint = ckpt.load_checkpoint(args.checkpoint)
     cfg = model_config(args, checkpoint)
     model = rcf.create_model(cfg)
-    utils.load_model_weights(model, args.checkpoint)
+    ckpt.load_model_weights(model, args.checkpoint)
     digest = hashlib.sha256()
     with open(args.checkpoint, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -176,13 +176,13 @@ def prepare_demo(args: argparse.Namespace) -> None:
         args.video = [str(DEMO_VIDEO)]
     if args.checkpoint is None:
         demo_dir = Path(rcf.DEMO_DEFAULTS["output_dir"])
-        latest = utils.latest_checkpoint(demo_dir) if demo_dir.is_dir() else None
+        latest = ckpt.latest_checkpoint(demo_dir) if demo_dir.is_dir() else None
         if latest is None:
             logger.info("no demo checkpoint in %s: running the demo fine-tuning first", demo_dir)
             parser = rcf.get_args_parser()
             parser.set_defaults(**rcf.DEMO_DEFAULTS)
             rcf.main(parser.parse_args([]))
-            latest = utils.latest_checkpoint(demo_dir)
+            latest = ckpt.latest_checkpoint(demo_dir)
         args.checkpoint = str(latest)
     args.out = args.out if args.out != "saved/inference" else "saved/inference/demo"
     args.render = True

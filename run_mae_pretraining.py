@@ -8,22 +8,19 @@ process, or torchrun for several), plus --amp, --compile, --data_root, --save_re
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
 import timm
 import torch
-from tensorboardX import SummaryWriter
-from timm.optim import create_optimizer_v2
+from torch import nn
 
 import datasets
-import engine
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
+import training
 import utils
-from data_check import DataCheckError, check_lists
 from datasets_pretrain import build_pretrain_dataset
 from reconstruction import reconstruct, save_reconstruction_grid
 
@@ -80,6 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--output_dir", default="")
     add("--log_dir", default=None)
     add("--no_augmentation", action="store_true", help="no multi-scale crop")
+    add("--face_crop", default="auto", choices=["auto", "voxceleb2", "none"],
+        help="cut VoxCeleb2's face box first; auto: when the list's path names voxceleb2, as the original (ours)")
     add("--num_samples", type=int, default=1, help="clips per video read (repeated sampling)")
     add("--max_bad_samples", default=10, type=int,
         help="skip (and log) up to N unreadable videos per process, then stop (ours; the original read another)")
@@ -97,7 +96,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def create_model(args: argparse.Namespace) -> torch.nn.Module:
+def create_model(args: argparse.Namespace) -> nn.Module:
     """The pretraining model as the original script builds it (the encoder depth only for 'no_depth' models), built
     for --input_size (ours, as in fine-tuning)."""
     kwargs = dict(pretrained=False, img_size=args.input_size, drop_path_rate=args.drop_path, drop_block_rate=None,
@@ -105,13 +104,6 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
     if "no_depth" in args.model and args.encoder_depth is not None:
         kwargs["encoder_depth"] = args.encoder_depth
     return timm.create_model(args.model, **kwargs)
-
-
-def create_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The original's optimizer: two groups, no weight decay for 1-D parameters, biases and the names in
-    model.no_weight_decay() (matched exactly), no layer decay."""
-    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
-                               eps=args.opt_eps, **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
 
 
 def fixed_samples(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,108 +118,75 @@ def fixed_samples(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([v for v, _ in items]), torch.stack([m for _, m in items])
 
 
-def main(args: argparse.Namespace) -> None:
-    device = utils.start_run(args)
-    if args.demo and utils.is_main_process() and not Path(args.data_path).exists():
+def make_demo_data(args: argparse.Namespace) -> None:
+    if not Path(args.data_path).exists():
         from demo_data import make_demo_videos
 
         make_demo_videos(Path(args.data_path).parent)
-    if args.distributed:
-        torch.distributed.barrier()
 
+
+def main(args: argparse.Namespace) -> None:
+    run = training.prepare_run(args, lists=[args.data_path], nb_classes=None,
+                               make_demo_data=lambda: make_demo_data(args))
+    device, precision = run.device, run.precision()
     model = create_model(args)
     tubelet_size, patch_size = model.encoder.patch_embed.proj.kernel_size[:2]
-    args.window_size = model.encoder.grid_size  # the token grid the masks are drawn on
-    args.patch_size = (patch_size, patch_size)  # stored with the checkpoint's args, as the original does
-    try:  # every listed video exists and every line parses: a bad list stops the run now, with file and line
-        check_lists([args.data_path], None, args.data_root)
-    except DataCheckError as err:
-        raise SystemExit(str(err)) from None
-    dataset = build_pretrain_dataset(args, skip_bad=True)
-    objective = engine_pretrain.Objective(
-        patch_size, tubelet_size, args.normlize_target,
-        args.frame_diff_group_size if args.use_frame_diff_as_target else None, args.target_diff_weight)
+    window_size = model.encoder.grid_size  # the token grid the masks are drawn on
+    dataset = build_pretrain_dataset(args, window_size, skip_bad=True)
     if args.target_diff_weight is not None and (not args.use_frame_diff_as_target or args.frame_diff_group_size != 2):
         raise ValueError("--target_diff_weight needs --use_frame_diff_as_target with --frame_diff_group_size 2")
+    objective = engine_pretrain.Objective(
+        patch_size=patch_size, tubelet_size=tubelet_size, normalize_target=args.normlize_target,
+        frame_diff_group_size=args.frame_diff_group_size if args.use_frame_diff_as_target else None,
+        target_diff_weight=args.target_diff_weight)
     logging.info("%s; %d videos in %s", dataset.mask_generator, len(dataset), args.data_path)
-
-    loader = datasets.build_loader(dataset, args, args.batch_size, train=True)
+    loader = datasets.build_loader(dataset, args, args.batch_size, train=True, device=device)
     model.to(device)
-    model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logging.info("model %s: %d parameters", args.model, n_parameters)
 
-    total_batch_size = args.batch_size * utils.get_world_size()
-    scale = total_batch_size / 256
-    args.lr, args.min_lr, args.warmup_lr = args.lr * scale, args.min_lr * scale, args.warmup_lr * scale
-    optimizer = create_optimizer(args, model_without_ddp)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    steps_per_epoch = len(dataset) // total_batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{args.data_path}: {len(dataset)} videos, fewer than one global batch "
-                         f"({total_batch_size} = batch_size x processes)")
-    lr_schedule, wd_schedule = utils.schedules(args, steps_per_epoch)
-    args.output_dir = args.output_dir or "."
-    utils.check_output_dir(args)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    resumed = utils.auto_load_model(args, model_without_ddp, optimizer, scaler) or {}
-    if args.compile:
-        model = torch.compile(model)
-    if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-
-    # Resume where the checkpoint left off: the unfinished epoch's averages, then every RNG.
-    start_step = getattr(args, "start_step", 0)
-    before = resumed.get("args")
-    if start_step and (before.batch_size, before.world_size) != (args.batch_size, args.world_size):
-        raise utils.CheckpointError(f"{args.resume} stopped mid-epoch with batch {before.batch_size} x "
-                                    f"{before.world_size} processes: resume it with the same")
-    meters = engine.new_meters(resumed.get("train_meters") if start_step else None)
-    bad_samples = datasets.BadSampleLog(args.max_bad_samples, resumed.get("bad_samples"))
-    if len(resumed.get("rng") or []) == utils.get_world_size():
-        utils.set_rng_state(resumed["rng"][utils.get_rank()])
-
-    def save(epoch: int, step: int | None = None, meters=None, numbered: bool = False) -> None:
-        seen = {k: v for rank_seen in utils.all_gather_objects(bad_samples.seen) for k, v in rank_seen.items()}
-        extra = {"rng": utils.gather_rng_states(), "train_meters": engine.meters_state(meters) if meters else None,
-                 "bad_samples": seen}
-        utils.save_model(args, epoch, model_without_ddp, optimizer, scaler, step=step, numbered=numbered,
-                         keep_last=args.keep_last_ckpts, extra=extra)
-
-    def save_mid_epoch(step: int, meters) -> None:
-        if args.save_every_steps > 0 and step < steps_per_epoch and \
-                (epoch * steps_per_epoch + step) % args.save_every_steps == 0:
-            save(epoch, step, meters)
-
-    log_writer = SummaryWriter(args.log_dir or args.output_dir) if utils.is_main_process() else None
-    recon_samples = fixed_samples(dataset, args.save_recon) if args.save_recon and utils.is_main_process() else None
-    logging.info("global batch %d, peak lr %.3g, %d steps per epoch, %d epochs", total_batch_size, args.lr,
-                 steps_per_epoch, args.epochs)
+    global_batch = args.batch_size * run.process.world_size
+    steps = training.steps_per_epoch(len(dataset), global_batch, args.data_path)
+    schedule = utils.build_schedule(args, global_batch, steps)
+    optimizer = training.create_optimizer(args, model, schedule.peak_lr)
+    state = training.resume(args, run, model, optimizer=optimizer, precision=precision,
+                            max_bad_samples=args.max_bad_samples,
+                            geometry=dict(batch_size=args.batch_size, processes=run.process.world_size))
+    # Stored with the checkpoint's args, as the original does.
+    saved_args = training.checkpoint_args(args, run, global_batch, window_size=window_size,
+                                          patch_size=(patch_size, patch_size))
+    saver = training.Checkpointer(run, state, model, optimizer, saved_args, precision, epochs=args.epochs,
+                                  save_ckpt_freq=args.save_ckpt_freq, save_every_steps=args.save_every_steps,
+                                  keep_last=args.keep_last_ckpts)
+    train_model = training.distributed_model(model, run, compile=args.compile)
+    log_writer = training.log_writer(args, run)
+    recon_samples = fixed_samples(dataset, args.save_recon) if args.save_recon and run.is_main else None
+    logging.info("global batch %d, peak lr %.3g, %d steps per epoch, %d epochs", global_batch, schedule.peak_lr,
+                 steps, args.epochs)
     start = time.time()
-    for epoch in range(args.start_epoch, args.epochs):
-        # This rank's clips of the epoch already seen are skipped.
-        loader.sampler.set_epoch(epoch, start=start_step * args.batch_size)
+    for epoch in range(state.start_epoch, args.epochs):
+        resume_step = state.start_step if epoch == state.start_epoch else 0
+        loader.sampler.set_epoch(epoch, start=resume_step * args.batch_size)  # this rank's clips already seen
         dataset.set_epoch(epoch)
-        stats = engine_pretrain.train_one_epoch(
-            model, loader, optimizer, device, epoch, objective, scaler, args.amp, args.clip_grad, log_writer,
-            start_steps=epoch * steps_per_epoch, lr_schedule_values=lr_schedule, wd_schedule_values=wd_schedule,
-            num_samples=args.num_samples, last_checkpoint=lambda: utils.latest_checkpoint(args.output_dir),
-            start_step=start_step, meters=meters, on_step=save_mid_epoch, bad_samples=bad_samples)
-        start_step, meters = 0, None
-        # checkpoint-last.pth every epoch; checkpoint-<epoch>.pth as the original
-        save(epoch, numbered=(epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs)
-        if utils.is_main_process():
-            with open(Path(args.output_dir) / "log.txt", "a") as f:
-                f.write(json.dumps({**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch,
-                                    "n_parameters": n_parameters}) + "\n")
-            logging.info("epoch %d: loss %.4f, lr %.3g", epoch, stats["loss"], stats["lr"])
+        with training.naming_last_checkpoint(run.output_dir):
+            stats = engine_pretrain.train_one_epoch(
+                train_model, loader, optimizer, device, epoch=epoch, objective=objective, precision=precision,
+                schedule=schedule, global_step_offset=epoch * steps, resume_step=resume_step,
+                meters=state.meters if resume_step else None, num_samples=args.num_samples,
+                max_norm=args.clip_grad, log_writer=log_writer, on_step=saver.mid_epoch(epoch, steps),
+                bad_samples=state.bad_samples)
+        saver.end_of_epoch(epoch)
+        training.write_log(run, {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch,
+                                 "n_parameters": n_parameters})
+        logging.info("epoch %d: loss %.4f, lr %.3g", epoch, stats["loss"], stats["lr"])
         if recon_samples is not None:
             videos, masks = recon_samples
-            images = reconstruct(model_without_ddp, videos.to(device), masks.to(device), objective)
-            save_reconstruction_grid(images, Path(args.output_dir) / "recon" / f"epoch_{epoch:03d}.png",
+            images = reconstruct(model, videos.to(device), masks.to(device), objective)
+            save_reconstruction_grid(images, run.output_dir / "recon" / f"epoch_{epoch:03d}.png",
                                      title=f"{args.model}, epoch {epoch}, loss {stats['loss']:.4f}")
     logging.info("training time %.0f s", time.time() - start)
 
 
 if __name__ == "__main__":
-    main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))
+    with training.process_group_closed():
+        main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import checkpoint as ckpt
 import faces
 import run_class_finetuning as rcf
 import run_inference as ri
@@ -42,7 +43,8 @@ def full_size_checkpoint(folder: Path, fusion: str, sampling_rate: int) -> Path:
         "7", "--data_set", "DFEW", "--lg_region_size", "2", "5", "10", "--lg_classify_token_type", "region",
         "--fusion", fusion, "--sampling_rate", str(sampling_rate), "--output_dir", str(folder)])
     model = rcf.create_model(args)
-    return utils.save_model(args, sampling_rate, model, torch.optim.SGD(model.parameters(), lr=0.1), None)
+    return ckpt.save_model(args.output_dir, sampling_rate, model=model,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1), args=args)
 
 
 def time_pipeline(video: Path, folder: Path, args: argparse.Namespace):

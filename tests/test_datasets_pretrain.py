@@ -28,7 +28,7 @@ def pretrain_args(**overrides) -> argparse.Namespace:
     flags = dict(data_root=None, mask_type="part_window", window_size=(8, 4, 4), mask_ratio=0.75,
                  part_win_size=(2, 2, 4), part_apply_symmetry=None,
                  model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", input_size=64, num_frames=16,
-                 sampling_rate=1, num_samples=1, no_augmentation=False, seed=0)
+                 sampling_rate=1, num_samples=1, no_augmentation=False, seed=0, face_crop="auto")
     return argparse.Namespace(**{**flags, **overrides})
 
 
@@ -112,7 +112,7 @@ def test_item_of_a_demo_video_with_repeated_sampling(tmp_path):
     root = make_demo_videos(tmp_path / "videos", per_class=1, num_frames=16, size=64)
     args = pretrain_args(data_path=str(root / "info_clean.csv"), data_root=str(root), input_size=48, num_frames=8,
                          num_samples=2)
-    dataset = build_pretrain_dataset(args)
+    dataset = build_pretrain_dataset(args, args.window_size)
     assert dataset.face_crop is None and len(dataset) == 5
     clip, mask = dataset[0]
     assert clip.shape == (3, 16, 48, 48) and mask.shape == (128,)
@@ -126,7 +126,7 @@ def test_voxceleb2_lists_get_the_face_crop(tmp_path):
     video_list.write_text("dev/mp4/id0/a/00001.mp4 0\n")
     args = pretrain_args(data_path=str(video_list), data_root=str(tmp_path), mask_type="tube", window_size=(8, 10, 10),
                          mask_ratio=0.9, model="pretrain_videomae_base_dim512_no_depth_patch16_160", input_size=160)
-    assert build_pretrain_dataset(args).face_crop == voxceleb2_crop(160)
+    assert build_pretrain_dataset(args, args.window_size).face_crop == voxceleb2_crop(160)
 
 
 def test_a_bad_list_line_names_the_file_and_line(tmp_path):
@@ -134,7 +134,7 @@ def test_a_bad_list_line_names_the_file_and_line(tmp_path):
     video_list.write_text("a.mp4 0\nb.mp4\n")
     args = pretrain_args(data_path=str(video_list))
     with pytest.raises(ValueError, match=r"info_clean.csv:2"):
-        build_pretrain_dataset(args)
+        build_pretrain_dataset(args, args.window_size)
 
 
 def test_seeded_items_depend_on_seed_epoch_and_index_only(tmp_path):
@@ -142,7 +142,7 @@ def test_seeded_items_depend_on_seed_epoch_and_index_only(tmp_path):
 
     root = make_demo_videos(tmp_path / "videos", per_class=1, num_frames=16, size=64)
     args = pretrain_args(data_path=str(root / "info_clean.csv"), data_root=str(root), seed=5)
-    dataset = build_pretrain_dataset(args)
+    dataset = build_pretrain_dataset(args, args.window_size)
     first = dataset[2]
     np.random.seed(123)  # the global RNGs do not matter, nor do other items drawn in between
     random.seed(123)

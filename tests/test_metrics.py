@@ -12,6 +12,7 @@ from conftest import SCRIPT_KWARGS
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from timm.optim import create_optimizer_v2
 
+import checkpoint as ckpt
 import modeling_finetune  # noqa: F401  (registers the models)
 import utils
 from metrics import classification_metrics, merge_views, write_test_report
@@ -105,7 +106,7 @@ def test_cosine_schedule_warms_up_from_zero_then_decays_to_the_minimum():
 
 def test_best_checkpoint_cannot_seed_training(tmp_path):
     model = timm.create_model("vit_base_dim512_no_depth_patch16_160", **{**SCRIPT_KWARGS, "depth": 1})
-    utils.save_checkpoint_atomic({"model": model.state_dict(), "epoch": "best", "optimizer": {}}, tmp_path / "b.pth")
+    ckpt.save_checkpoint_atomic({"model": model.state_dict(), "epoch": "best", "optimizer": {}}, tmp_path / "b.pth")
     args = argparse.Namespace(resume=str(tmp_path / "b.pth"), auto_resume=True, output_dir=str(tmp_path), eval=False)
-    with pytest.raises(utils.CheckpointError, match="records no epoch"):
-        utils.auto_load_model(args, model)
+    with pytest.raises(ckpt.CheckpointError, match="records no epoch"):
+        ckpt.restore(model, args.resume, args.output_dir, args.auto_resume)

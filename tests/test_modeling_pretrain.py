@@ -118,16 +118,16 @@ def test_weight_decay_exemptions_match_exact_names():
 
 
 def test_pretraining_checkpoint_initialises_the_fine_tune_model(tmp_path):
-    import utils
+    import checkpoint as ckpt
 
     pretrain = PretrainVisionTransformer(**TINY)
     path = tmp_path / "pt.pth"
-    utils.save_checkpoint_atomic({"model": pretrain.state_dict(), "epoch": 0}, path)
+    ckpt.save_checkpoint_atomic({"model": pretrain.state_dict(), "epoch": 0}, path)
     finetune = modeling_finetune.VisionTransformer(
         img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, qkv_bias=True, num_classes=5,
         all_frames=8, attn_type="local_global", lg_region_size=(2, 2, 4), lg_classify_token_type="region",
         norm_layer=partial(nn.LayerNorm, eps=1e-6), fusion="add")
-    report = utils.load_pretrained(finetune, path)
+    report = ckpt.load_pretrained(finetune, path)
     assert not report.mismatched
     assert set(report.unexpected) == {"mask_token", "norm.weight", "norm.bias", "encoder_to_decoder.weight",
                                       *[k for k in pretrain.state_dict() if k.startswith("decoder.")]}

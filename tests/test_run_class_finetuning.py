@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint as ckpt
 import run_class_finetuning as rcf
-import utils
 from datasets import TooManyBadSamplesError
 from demo_data import make_demo_dataset
 from metrics import classification_metrics
@@ -80,7 +80,7 @@ def test_eval_of_a_saved_checkpoint_reproduces_the_final_test(demo_root, tmp_pat
 def test_auto_resume_continues_from_the_last_checkpoint(demo_root, tmp_path):
     out = tmp_path / "run"
     rcf.main(demo_args(demo_root, out, "--epochs", "1", "--disable_eval_during_finetuning"))
-    checkpoint = utils.load_checkpoint(out / "checkpoint-0.pth")
+    checkpoint = ckpt.load_checkpoint(out / "checkpoint-0.pth")
     assert checkpoint["epoch"] == 0 and isinstance(checkpoint["args"], argparse.Namespace)
     rcf.main(demo_args(demo_root, out, "--epochs", "2", "--disable_eval_during_finetuning"))
     epochs = [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()
@@ -176,7 +176,7 @@ def resume_flags(*extra: str) -> tuple[str, ...]:
 
 
 def weights_of(path) -> dict:
-    checkpoint = utils.load_checkpoint(path)
+    checkpoint = ckpt.load_checkpoint(path)
     return {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"]["state"]}
 
 
@@ -207,7 +207,7 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(demo_root, uninterrupted,
     loss_failing_at(monkeypatch, 4, interrupt)  # in step 3 (0-based): the last checkpoint is of step 2
     with pytest.raises(Interrupted):
         rcf.main(demo_args(demo_root, out, *resume_flags()))
-    last = utils.load_checkpoint(out / "checkpoint-last.pth")
+    last = ckpt.load_checkpoint(out / "checkpoint-last.pth")
     assert (last["epoch"], last["step"]) == (0, 2) and len(last["rng"]) == 1
     monkeypatch.undo()
     rcf.main(demo_args(demo_root, out, *resume_flags()))
@@ -224,7 +224,7 @@ def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(demo
         rcf.main(demo_args(demo_root, tmp_path, "--save_every_steps", "1"))
     assert "epoch 0, step 3" in str(err.value) and f"last good checkpoint: {tmp_path / 'checkpoint-last.pth'}" in str(
         err.value)
-    assert utils.load_checkpoint(tmp_path / "checkpoint-last.pth")["step"] == 3
+    assert ckpt.load_checkpoint(tmp_path / "checkpoint-last.pth")["step"] == 3
 
 
 def test_unreadable_training_clip_beyond_max_bad_samples_fails_naming_it(demo_root, tmp_path):
@@ -385,7 +385,7 @@ def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
     outputs = [node.communicate(timeout=900)[0] for node in nodes]
     assert all(node.returncode == 0 for node in nodes), outputs[0][-3000:] + outputs[1][-3000:]
     ranks = [torch.load(tmp_path / "o" / f"params-rank{r}.pt") for r in (0, 1)]
-    saved = utils.load_checkpoint(tmp_path / "o" / "checkpoint-0.pth")
+    saved = ckpt.load_checkpoint(tmp_path / "o" / "checkpoint-0.pth")
     for key, value in ranks[0].items():
         assert torch.equal(value, ranks[1][key]) and torch.equal(value, saved["model"][key]), key
     # 20 clips, global batch 2 x 2 processes: 5 optimizer steps.

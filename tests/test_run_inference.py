@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+import checkpoint as ckpt
 import engine_inference as ei
 import run_class_finetuning as rcf
 import run_inference as ri
-import utils
 from datasets import DATASETS, loaded_test_indices
 from demo_data import make_demo_dataset, make_face_video
 
@@ -41,7 +41,8 @@ def checkpoint(tmp_path_factory):
     with torch.no_grad():  # a head that prefers some classes, so that probabilities are not all equal
         model.head.weight.normal_(0, 0.5)
         model.head.bias.copy_(torch.linspace(-1, 1, len(CLASSES)))
-    return utils.save_model(args, 0, model, torch.optim.SGD(model.parameters(), lr=0.1), None)
+    return ckpt.save_model(args.output_dir, 0, model=model,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1), args=args)
 
 
 @pytest.fixture(scope="module")
@@ -151,19 +152,19 @@ def test_one_bad_video_among_several_is_reported_after_the_others(checkpoint, tm
 
 
 def test_flags_that_contradict_the_checkpoint(checkpoint, video, tmp_path):
-    with pytest.raises(utils.CheckpointError, match="--nb_classes 7 does not match the checkpoint, which was "
+    with pytest.raises(ckpt.CheckpointError, match="--nb_classes 7 does not match the checkpoint, which was "
                                                     "trained with nb_classes 5"):
         run("--checkpoint", str(checkpoint), "--video", str(video), "--nb_classes", "7")
-    with pytest.raises(utils.CheckpointError, match="--model vit_base_dim512_no_depth_patch16_160 does not match"):
+    with pytest.raises(ckpt.CheckpointError, match="--model vit_base_dim512_no_depth_patch16_160 does not match"):
         run("--checkpoint", str(checkpoint), "--video", str(video), "--model", "vit_base_dim512_no_depth_patch16_160")
 
 
 def test_a_bare_state_dict_needs_flags_that_fit_it(checkpoint, video, tmp_path):
     bare = tmp_path / "bare.pth"
-    torch.save({"model": utils.load_checkpoint(checkpoint)["model"]}, bare)
+    torch.save({"model": ckpt.load_checkpoint(checkpoint)["model"]}, bare)
     model_flags = ["--model", "vit_tiny_dim128_no_depth_patch16_64", "--depth", "1", "--input_size", "32",
                    "--lg_region_size", "2", "1", "2", "--sampling_rate", "1"]
-    with pytest.raises(utils.CheckpointError, match=r"shape: head.weight checkpoint \[5, 128\], model \[7, 128\]"):
+    with pytest.raises(ckpt.CheckpointError, match=r"shape: head.weight checkpoint \[5, 128\], model \[7, 128\]"):
         run("--checkpoint", str(bare), "--video", str(video), "--data_set", "DFEW", *model_flags)
     (result,) = run("--checkpoint", str(bare), "--video", str(video), "--out", str(tmp_path), "--data_set", "DEMO",
                     *model_flags)

@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+import checkpoint as ckpt
 import engine_pretrain
 import run_class_finetuning as rcf
 import run_mae_pretraining as rmp
-import utils
+import training
 from demo_data import make_demo_videos
 from masking_generator import TubeWindowMaskingGenerator
 from reconstruction import reconstruct, save_reconstruction_grid
@@ -48,7 +49,7 @@ def test_pretraining_runs_logs_checkpoints_and_resumes(videos_root, tmp_path):
         "checkpoint-0.pth", "checkpoint-1.pth", "checkpoint-last.pth"]
     assert sorted(p.name for p in (tmp_path / "recon").iterdir()) == ["epoch_000.png", "epoch_001.png"]
     assert list(tmp_path.glob("events.out.tfevents.*"))
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint-1.pth")
+    checkpoint = ckpt.load_checkpoint(tmp_path / "checkpoint-1.pth")
     assert set(checkpoint) >= {"model", "optimizer", "epoch", "scaler", "args"} and checkpoint["epoch"] == 1
 
     # A longer schedule in the same folder continues after the newest checkpoint.
@@ -80,7 +81,7 @@ def test_unreadable_video_is_skipped_and_counted_then_fails_beyond_the_limit(vid
     rmp.main(args)  # one bad video of 10: skipped, the epoch trains on the others
     (line,) = (tmp_path / "out" / "log.txt").read_text().splitlines()
     assert np.isfinite(json.loads(line)["train_loss"])
-    assert utils.load_checkpoint(tmp_path / "out" / "checkpoint-last.pth")["bad_samples"].keys() == {
+    assert ckpt.load_checkpoint(tmp_path / "out" / "checkpoint-last.pth")["bad_samples"].keys() == {
         f"{data / 'info_clean.csv'}:2"}
     with pytest.raises(TooManyBadSamplesError, match=rf"1 unreadable samples.*\n.*{broken.name}"):
         rmp.main(demo_args(data, tmp_path / "strict", "--data_root", str(data), "--data_path",
@@ -107,12 +108,12 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(videos_root, tmp_path, mo
     monkeypatch.setattr(engine_pretrain, "reconstruction_loss", interrupted_in_the_fourth_step)
     with pytest.raises(Interrupted):
         rmp.main(demo_args(videos_root, tmp_path / "resumed", *flags))
-    last = utils.load_checkpoint(tmp_path / "resumed" / "checkpoint-last.pth")
+    last = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoint-last.pth")
     assert (last["epoch"], last["step"]) == (1, 1)
     monkeypatch.undo()
     rmp.main(demo_args(videos_root, tmp_path / "resumed", *flags))
 
-    whole, resumed = (utils.load_checkpoint(tmp_path / run / "checkpoint-1.pth") for run in ("whole", "resumed"))
+    whole, resumed = (ckpt.load_checkpoint(tmp_path / run / "checkpoint-1.pth") for run in ("whole", "resumed"))
     for key, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert (tmp_path / "whole" / "log.txt").read_text() == (tmp_path / "resumed" / "log.txt").read_text()
@@ -120,12 +121,12 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run(videos_root, tmp_path, mo
 
 def test_pretrained_checkpoint_initialises_the_demo_fine_tune_model(videos_root, tmp_path):
     rmp.main(demo_args(videos_root, tmp_path, "--epochs", "1"))
-    pretrained = utils.load_checkpoint(tmp_path / "checkpoint-0.pth")["model"]
+    pretrained = ckpt.load_checkpoint(tmp_path / "checkpoint-0.pth")["model"]
     parser = rcf.get_args_parser()
     parser.set_defaults(**rcf.DEMO_DEFAULTS)
     args = parser.parse_args(["--input_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2"])
     model = rcf.create_model(args)
-    report = utils.load_pretrained(model, tmp_path / "checkpoint-0.pth")
+    report = ckpt.load_pretrained(model, tmp_path / "checkpoint-0.pth")
     assert report.mismatched == []
     assert all(k.startswith("decoder.") or k in ("mask_token", "encoder_to_decoder.weight", "norm.weight",
                                                   "norm.bias") for k in report.unexpected), report.unexpected
@@ -140,7 +141,7 @@ def test_pretrained_checkpoint_initialises_the_demo_fine_tune_model(videos_root,
 def test_optimizer_groups_follow_the_original_names(videos_root):
     args = demo_args(videos_root, "unused")
     model = rmp.create_model(args)
-    groups = rmp.create_optimizer(args, model).param_groups
+    groups = training.create_optimizer(args, model, lr=1e-3).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
@@ -190,22 +191,24 @@ def test_loss_falls_when_fitting_one_batch():
     objective = engine_pretrain.Objective(16, 2, True, 2, None)
     with torch.no_grad():
         before = objective.loss(model(videos, masks), objective.targets(videos, masks)).item()
-    stats = engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 0, objective, None, "none")
+    stats = engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0, objective=objective)
     with torch.no_grad():
         after = objective.loss(model(videos, masks), objective.targets(videos, masks)).item()
     assert after < 0.8 * before, (before, after)
     assert stats["skipped_steps"] == 0 and np.isfinite(stats["grad_norm"])
 
 
-def test_non_finite_loss_names_the_step_and_the_last_checkpoint():
+def test_non_finite_loss_names_the_step_and_the_last_checkpoint(tmp_path):
     model, videos, masks = tiny_model_and_batch()
     with torch.no_grad():
         model.decoder.head.bias.fill_(float("nan"))
     loader = torch.utils.data.DataLoader(_Batch(videos, masks, 2), batch_size=None)
     optimizer = torch.optim.AdamW(model.parameters())
     with pytest.raises(FloatingPointError, match=r"nan at epoch 3, step 0 .*global step 30.*checkpoint-2.pth"):
-        engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), 3, engine_pretrain.Objective(),
-                                        None, "none", start_steps=30, last_checkpoint=lambda: "out/checkpoint-2.pth")
+        (tmp_path / "checkpoint-2.pth").touch()
+        with training.naming_last_checkpoint(tmp_path):
+            engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=3,
+                                            objective=engine_pretrain.Objective(), global_step_offset=30)
 
 
 def test_repeated_sampling_splits_the_clip_and_repeats_its_mask():
@@ -284,7 +287,7 @@ def test_voxceleb2_launcher_runs_the_original_recipe(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (line,) = (tmp_path / "out" / "log.txt").read_text().splitlines()
     assert np.isfinite(json.loads(line)["train_loss"])
-    checkpoint = utils.load_checkpoint(tmp_path / "out" / "checkpoint-0.pth")
+    checkpoint = ckpt.load_checkpoint(tmp_path / "out" / "checkpoint-0.pth")
     assert checkpoint["args"].mask_type == "part_window" and checkpoint["args"].use_frame_diff_as_target
     assert "part-window mask: 5 visible of 50 per window" in (tmp_path / "out" / "nohup.out").read_text()
 
@@ -310,7 +313,7 @@ def test_two_process_pretraining_with_ddp(videos_root, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (line,) = (tmp_path / "log.txt").read_text().splitlines()
     assert np.isfinite(json.loads(line)["train_loss"])
-    checkpoint = utils.load_checkpoint(tmp_path / "checkpoint-0.pth")
+    checkpoint = ckpt.load_checkpoint(tmp_path / "checkpoint-0.pth")
     assert checkpoint["args"].world_size == 2 and len(checkpoint["rng"]) == 2
     # 10 videos, 2 ranks x batch 2: global batch 4, so 2 optimizer steps in the epoch.
     assert all(state["step"] == 2 for state in checkpoint["optimizer"]["state"].values())

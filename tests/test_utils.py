@@ -10,9 +10,10 @@ import timm
 import torch
 from conftest import SCRIPT_KWARGS, random_state_dict, read_keys
 
+import checkpoint as ckpt
 import modeling_finetune  # noqa: F401  (registers the models)
 import utils
-from utils import CheckpointError, load_checkpoint, load_model_weights, load_pretrained
+from checkpoint import CheckpointError, load_checkpoint, load_model_weights, load_pretrained
 
 
 def build(depth: int = 2, **overrides):
@@ -128,7 +129,7 @@ def test_fine_tuned_checkpoint_with_other_head_keeps_the_new_head(tmp_path):
 # --- training checkpoints and resume -------------------------------------------------------------------------------
 
 def training_state(tmp_path):
-    """A tiny model and optimizer, and args for utils.save_model."""
+    """A tiny model and optimizer, and args for ckpt.save_model."""
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     args = argparse.Namespace(output_dir=str(tmp_path), resume="", auto_resume=True, eval=False, start_epoch=0)
@@ -140,7 +141,7 @@ def test_rng_states_survive_a_checkpoint_file(tmp_path):
 
     state = utils.rng_state()
     first = (torch.rand(4), np.random.rand(4), random.random())
-    utils.save_checkpoint_atomic({"rng": [state]}, tmp_path / "c.pth")
+    ckpt.save_checkpoint_atomic({"rng": [state]}, tmp_path / "c.pth")
     utils.set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"][0])
     again = (torch.rand(4), np.random.rand(4), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
@@ -167,41 +168,42 @@ def test_resumable_sampler_continues_the_epochs_order():
 def test_checkpoint_last_keep_last_and_best(tmp_path):
     model, optimizer, args = training_state(tmp_path)
     for epoch in range(4):
-        utils.save_model(args, epoch, model, optimizer, None, keep_last=2)
-    utils.save_model(args, "best", model, optimizer, None, keep_last=2)
+        ckpt.save_model(args.output_dir, epoch, model=model, optimizer=optimizer, args=args, keep_last=2)
+    ckpt.save_model(args.output_dir, "best", model=model, optimizer=optimizer, args=args, keep_last=2)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["checkpoint-2.pth", "checkpoint-3.pth", "checkpoint-best.pth", "checkpoint-last.pth"]
     assert (tmp_path / "checkpoint-last.pth").samefile(tmp_path / "checkpoint-3.pth")
-    utils.save_model(args, 4, model, optimizer, None, step=7, numbered=False, extra={"note": 1})
+    ckpt.save_model(args.output_dir, 4, model=model, optimizer=optimizer, args=args, step=7, numbered=False,
+                    extra={"note": 1})
     last = load_checkpoint(tmp_path / "checkpoint-last.pth")
     assert (last["epoch"], last["step"], last["note"]) == (4, 7, 1)
     assert load_checkpoint(tmp_path / "checkpoint-3.pth")["step"] is None  # the link was replaced, not written through
-    assert utils.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-last.pth"
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-last.pth"
 
 
 def test_auto_resume_skips_a_torn_checkpoint_with_a_warning(tmp_path, caplog):
     model, optimizer, args = training_state(tmp_path)
-    utils.save_model(args, 0, model, optimizer, None)
-    utils.save_model(args, 1, model, optimizer, None, step=3, numbered=False)
+    ckpt.save_model(args.output_dir, 0, model=model, optimizer=optimizer, args=args)
+    ckpt.save_model(args.output_dir, 1, model=model, optimizer=optimizer, args=args, step=3, numbered=False)
     (tmp_path / "checkpoint-last.pth").unlink()  # a new inode: checkpoint-0.pth stays whole
     torn = (tmp_path / "checkpoint-0.pth").read_bytes()[:300]
     (tmp_path / "checkpoint-last.pth").write_bytes(torn)
     (tmp_path / "checkpoint-last.pth.tmp").write_bytes(torn)  # a write the kill interrupted
-    assert utils.auto_load_model(args, model, optimizer)["epoch"] == 0
-    assert args.resume == str(tmp_path / "checkpoint-0.pth") and (args.start_epoch, args.start_step) == (1, 0)
+    restored = ckpt.restore(model, args.resume, args.output_dir, args.auto_resume, optimizer=optimizer)
+    assert restored.checkpoint["epoch"] == 0
+    assert restored.path == str(tmp_path / "checkpoint-0.pth") and (restored.start_epoch, restored.start_step) == (1, 0)
     assert "skipping an incomplete checkpoint" in caplog.text and "checkpoint-last.pth" in caplog.text
 
-    utils.save_model(args, 1, model, optimizer, None, step=3, numbered=False)
-    args.resume = ""
-    utils.auto_load_model(args, model, optimizer)
-    assert (args.start_epoch, args.start_step) == (1, 3)
+    ckpt.save_model(args.output_dir, 1, model=model, optimizer=optimizer, args=args, step=3, numbered=False)
+    restored = ckpt.restore(model, args.resume, args.output_dir, args.auto_resume, optimizer=optimizer)
+    assert (restored.start_epoch, restored.start_step) == (1, 3)
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     import errno
 
     model, optimizer, args = training_state(tmp_path)
-    utils.save_model(args, 0, model, optimizer, None, numbered=False)
+    ckpt.save_model(args.output_dir, 0, model=model, optimizer=optimizer, args=args, numbered=False)
     before = (tmp_path / "checkpoint-last.pth").read_bytes()
 
     def full_disk(obj, f, *a, **k):
@@ -209,7 +211,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(utils.CheckpointWriteError, match=r"No space left.*the previous checkpoint-last\.pth is intact"):
-        utils.save_model(args, 1, model, optimizer, None, step=2, numbered=False)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"No space left.*the previous checkpoint-last\.pth is intact"):
+        ckpt.save_model(args.output_dir, 1, model=model, optimizer=optimizer, args=args, step=2, numbered=False)
     assert (tmp_path / "checkpoint-last.pth").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-last.pth"]
