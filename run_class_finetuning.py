@@ -131,7 +131,7 @@ def create_model(args: argparse.Namespace) -> nn.Module:
                   attn_drop_rate=args.attn_drop_rate, drop_block_rate=None, use_mean_pooling=args.use_mean_pooling,
                   init_scale=args.init_scale, lg_classify_token_type=args.lg_classify_token_type,
                   fusion=None if args.fusion == "none" else args.fusion, **utils.lg_kwargs(args))
-    if "no_depth" in args.model and args.depth is not None:
+    if args.depth is not None:  # the no_depth models' depth; it overrides a fixed-depth model's
         kwargs["depth"] = args.depth
     return timm.create_model(args.model, **kwargs)
 

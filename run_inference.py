@@ -25,6 +25,7 @@ import checkpoint as ckpt
 import faces
 import run_class_finetuning as rcf
 import timeline
+import utils
 from datasets import DATASETS, VIDEO_EXTENSIONS
 from engine_inference import VideoError, process_video
 
@@ -142,14 +143,6 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn
     return model.to(device).eval(), cfg, identity
 
 
-def default_amp(device: torch.device) -> str:
-    """bf16 autocast on CUDA (fp16 where bf16 is missing); float32 on the CPU, where bf16 was 1.5x faster on one
-    thread but not reliably faster on two (benchmarks/bench_inference.py): `--amp bf16` to try it."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "none"
-
-
 def list_videos(args: argparse.Namespace) -> list[Path]:
     videos = [Path(v) for v in args.video]
     if args.video_dir:
@@ -200,7 +193,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     videos = list_videos(args)
     device = torch.device(args.device)
     if args.amp is None:
-        args.amp = default_amp(device)
+        args.amp = utils.default_amp(device)  # float32 on the CPU (bf16 was not reliably faster there)
     model, cfg, identity = load_model(args, device)
     logger.info("model %s (fusion %s, %s: %d classes), %d frames every %d, input %d px", cfg.model, cfg.fusion,
                 cfg.data_set, cfg.nb_classes, cfg.num_frames, cfg.sampling_rate, cfg.input_size)

@@ -97,11 +97,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def create_model(args: argparse.Namespace) -> nn.Module:
-    """The pretraining model as the original script builds it (the encoder depth only for 'no_depth' models), built
-    for --input_size (ours, as in fine-tuning)."""
+    """The pretraining model as the original script builds it, built for --input_size (ours, as in fine-tuning)."""
     kwargs = dict(pretrained=False, img_size=args.input_size, drop_path_rate=args.drop_path, drop_block_rate=None,
                   decoder_depth=args.decoder_depth, num_frames=args.num_frames, **utils.lg_kwargs(args))
-    if "no_depth" in args.model and args.encoder_depth is not None:
+    if args.encoder_depth is not None:  # the no_depth models' depth; it overrides a fixed-depth model's
         kwargs["encoder_depth"] = args.encoder_depth
     return timm.create_model(args.model, **kwargs)
 
