@@ -414,10 +414,12 @@ class VisionTransformer(nn.Module):
             # Region-major token layouts of the original: 'org' local tokens only, 'all' with each region's token.
             selected = {"region": x[:, :, 0], "org": x[:, :, 1:], "all": x}[self.lg_classify_token_type]
             x = selected if selected.dim() == 3 else selected.flatten(1, 2)
-        x = self.norm(x)
-        if self.fc_norm is not None:
-            return self.fc_norm(x.mean(1))
-        return x[:, 0]
+        # Norms and pooling in float32 under autocast too, so mixed-precision logits stay comparable to float32 ones.
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.norm(x.float())
+            if self.fc_norm is not None:
+                return self.fc_norm(x.mean(1))
+            return x[:, 0]
 
     def forward_motion(self, x: torch.Tensor) -> torch.Tensor:
         """CA branch: the motion image of the clip -> conv stem -> CA ResNet -> ReLU(fc1) -> (B, C)."""
@@ -429,11 +431,14 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, feature: torch.Tensor, motion: torch.Tensor | None = None,
                      pre_logits: bool = False) -> torch.Tensor:
-        if self.fusion is not None:
-            feature = fuse(feature, motion, self.fusion)
-        if pre_logits:
-            return feature
-        return self.head_activation(self.head(feature))
+        """Fusion and head, in float32 under autocast too."""
+        with torch.autocast(feature.device.type, enabled=False):
+            feature = feature.float()
+            if self.fusion is not None:
+                feature = fuse(feature, motion.float(), self.fusion)
+            if pre_logits:
+                return feature
+            return self.head_activation(self.head(feature))
 
     def forward(self, x: torch.Tensor, save_feature: bool = False):
         self.patch_embed.check_input(x)

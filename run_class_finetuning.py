@@ -111,6 +111,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.set_defaults(save_ckpt=True)
     add("--eval", action="store_true")
     add("--dist_eval", action="store_true", default=False)
+    add("--sync_bn", action="store_true", help="SyncBatchNorm in the CA branch: BN statistics over the global batch "
+        "(ours; multi-GPU)")
     add("--enable_deepspeed", action="store_true", default=False)
     add("--val_metric", type=str, default="acc1",
         choices=["acc1", "acc5", "war", "uar", "weighted_f1", "micro_f1", "macro_f1"])
@@ -218,7 +220,7 @@ def main(args: argparse.Namespace) -> nn.Module:
                                   precision, epochs=args.epochs, save_ckpt_freq=args.save_ckpt_freq,
                                   save_every_steps=args.save_every_steps, keep_last=args.keep_last_ckpts,
                                   model_ema=model_ema, enabled=args.save_ckpt)
-    train_model = training.distributed_model(model, run, compile=args.compile)
+    train_model = training.distributed_model(model, run, compile=args.compile, sync_bn=args.sync_bn)
     log_writer = training.log_writer(args, run)
     logging.info("global batch %d, peak lr %.3g, %d steps per epoch", global_batch, schedule.peak_lr, steps)
     if state.start_epoch >= args.epochs:

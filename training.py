@@ -218,12 +218,18 @@ class Checkpointer:
         return on_step
 
 
-def distributed_model(model: nn.Module, run: Run, *, compile: bool = False) -> nn.Module:
+def distributed_model(model: nn.Module, run: Run, *, compile: bool = False, sync_bn: bool = False) -> nn.Module:
     """The model the training step calls: DDP's wrapper in a multi-process run, then torch.compile (so the gradient
     all-reduce overlaps the compiled backward). Parameters no forward reaches (ca_module.never_used_parameters)
-    stop requiring gradients, so DDP needs no search for unused ones; they stay in the optimizer and checkpoints."""
+    stop requiring gradients, so DDP needs no search for unused ones; they stay in the optimizer and checkpoints.
+    `sync_bn`: the BatchNorms (the CA branch's) normalise with the statistics of the global batch, not the
+    process's (same parameters and checkpoint keys; CUDA only)."""
     for parameter in never_used_parameters(model):
         parameter.requires_grad_(False)
+    if sync_bn and run.process.distributed:
+        if run.device.type != "cuda":
+            raise ValueError("--sync_bn needs CUDA: torch's SyncBatchNorm does not run on the CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if run.process.distributed:
         model = DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     return torch.compile(model) if compile else model
