@@ -6,7 +6,7 @@ global context between regions; finally every local token reads that context bac
 the region tokens. With `fusion` set, the CA motion branch of MAE-DFER-CA (`ca_module.py`) runs beside the
 encoder and its feature is fused before the head.
 
-Parameter names, shapes and numerics follow the original checkpoints (`shared/spec/model.md`).
+Parameter names, shapes and numerics follow the original checkpoints (model.md).
 """
 
 from __future__ import annotations
