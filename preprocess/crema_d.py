@@ -8,6 +8,9 @@ name; fold k tests actors 1001-1018, 1019-1036, 1037-1054, 1055-1072, 1073-1091 
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import re
 from pathlib import Path
 

@@ -8,6 +8,9 @@ and lists <root>/Clip/jpg_256/<NNNNN> with label - 1, in split-file order, into 
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import csv
 import shutil
 from pathlib import Path

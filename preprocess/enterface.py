@@ -9,6 +9,9 @@ sorted; fold k tests subjects 1-10 (there is no subject 6), 11-19, 20-28, 29-37,
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import re
 from pathlib import Path
 

@@ -8,6 +8,9 @@ frames <root>/data/frames/<NNNNN>, in split-file order, into <out>/split0<k>/.
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 from pathlib import Path
 
 from datasets import DATASETS

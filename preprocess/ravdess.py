@@ -9,6 +9,9 @@ Lists the face-frame folders <root>/face_aligned/Actor_<AA>/<MM-VV-EE-II-SS-RR-A
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import re
 from pathlib import Path
 

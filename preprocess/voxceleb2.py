@@ -9,6 +9,9 @@ The originals pasted one machine's decord errors instead (283 of 1,092,009 files
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import os
 from multiprocessing import Pool
 

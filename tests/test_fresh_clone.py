@@ -43,9 +43,12 @@ def test_a_clone_in_an_empty_folder_passes_the_tests_that_read_its_data(tmp_path
     subprocess.run(["git", "checkout", "--quiet", "--detach", head.stdout.strip()], cwd=clone, check=True, timeout=60)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mae-dfer"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of this checkout on the path
-    # the tests that read the key lists (tests/data/keys), with this interpreter
+    # the key lists (tests/data/keys) and the file form of a preprocess script, with this interpreter
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "tests/test_spec_parity.py", "-k", "full_size_keys", "tests/test_fresh_clone.py"],
                           cwd=clone, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 passed" in done.stdout, done.stdout[-3000:]
+    done = subprocess.run([sys.executable, "preprocess/check.py", "--help"], cwd=clone, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
