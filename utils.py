@@ -162,7 +162,7 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     """Join the torchrun process group if launched by torchrun: NCCL on CUDA, gloo on CPU; sets args.rank etc."""
     args.rank = int(os.environ.get("RANK", 0))
     args.world_size = int(os.environ.get("WORLD_SIZE", 1))
-    args.gpu = int(os.environ.get("LOCAL_RANK", 0))
+    args.gpu = int(os.environ.get("LOCAL_RANK", max(getattr(args, "local_rank", -1), 0)))
     args.distributed = args.world_size > 1
     if not args.distributed:
         return
@@ -497,7 +497,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no_pin_mem", action="store_false", dest="pin_mem")
     parser.set_defaults(pin_mem=True)
     add("--world_size", default=1, type=int)
-    add("--local_rank", default=-1, type=int)
+    # torch.distributed.launch passes --local-rank=N on torch 2.x, --local_rank=N before; LOCAL_RANK wins (torchrun)
+    add("--local_rank", "--local-rank", default=-1, type=int)
     add("--dist_on_itp", action="store_true")
     add("--dist_url", default="env://")
 

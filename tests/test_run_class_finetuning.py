@@ -394,3 +394,25 @@ def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
     assert saved["args"].world_size == 2 and "global batch 4" in outputs[0]
     log = (tmp_path / "o" / "log.txt").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log if line.startswith('{"train_')] == [0]  # rank 0 alone writes
+
+
+@pytest.mark.slow
+def test_the_original_launcher_form_torch_distributed_launch_runs(demo_root, tmp_path):
+    """`python -m torch.distributed.launch --nproc_per_node=1 run_class_finetuning.py ...`, the authors' launcher:
+    on torch 2.x it passes --local-rank=0, which the script accepts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = demo_args(demo_root, tmp_path, "--fusion", "none")
+    flags = [*sys_argv_of(args), "--epochs", "1", "--warmup_epochs", "0", "--disable_eval_during_finetuning",
+             "--output_dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=1",
+                          "--master_port", "29541", str(Path(rcf.__file__)), *flags],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    stored = utils.load_checkpoint(tmp_path / "run" / "checkpoint-0.pth")["args"]
+    assert stored.local_rank == 0  # given by the launcher (the default is -1)
