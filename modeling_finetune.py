@@ -464,6 +464,17 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
     return out
 
 
+def infer_fusion(state_dict: dict[str, torch.Tensor]) -> str:
+    """The --fusion a fine-tuned state dict was trained with, read off its keys and shapes (model.md §3): the CA
+    fork's checkpoints do not record it, as its model always has the CA branch."""
+    if "vit_pos.cls_token" in state_dict:
+        return "pos"
+    if "fc1.weight" not in state_dict:
+        return "none"
+    # cat feeds the head the encoder feature and fc1's output side by side
+    return "cat" if state_dict["head.weight"].shape[1] == 2 * state_dict["fc1.weight"].shape[0] else "add"
+
+
 def _create_vit(variant: str, pretrained: bool, config: dict, **kwargs) -> VisionTransformer:
     """Build a registered model: its fixed config, overridden by the caller's keyword arguments."""
     if pretrained:

@@ -28,6 +28,7 @@ import utils
 from data_check import DataCheckError, check_lists
 from datasets import DATASETS, BadSampleLog, build_dataset
 from metrics import format_summary, write_test_report
+from modeling_finetune import infer_fusion
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
 # It trains from scratch, so every layer gets the full learning rate (layer_decay 1).
@@ -62,7 +63,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     utils.add_lg_arguments(p)
     add("--lg_classify_token_type", type=str, default="org", choices=["org", "region", "all"])
     add("--depth", default=None, type=int)
-    add("--fusion", default="none", choices=["none", "add", "cat", "pos"], help="CA motion branch fusion (ours)")
+    add("--fusion", default=None, choices=["none", "add", "cat", "pos"],
+        help="CA motion branch fusion (ours). Not given: that of the weights resumed or evaluated, else none")
     # Optimizer and schedule
     utils.add_optimizer_arguments(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
     add("--layer_decay", type=float, default=0.75)
@@ -138,6 +140,38 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
     return timm.create_model(args.model, **kwargs)
 
 
+def resolve_fusion(args: argparse.Namespace) -> str:
+    """--fusion; when not given, that of the weights --resume (or auto-resume) loads, read off them, since the CA
+    fork's checkpoints and command lines do not name it; else none (plain MAE-DFER, the original model).
+
+    A --fusion that contradicts those weights is an error. --finetune weights (pretraining) have no CA branch and
+    say nothing: the flag stands.
+    """
+    if args.resume:
+        candidates = [Path(args.resume)]
+    else:
+        candidates = utils.resume_candidates(args.output_dir) if args.auto_resume else []
+    path, found = None, None
+    for candidate in candidates:  # auto-resume's rule: the newest that reads (auto_load_model warns about others)
+        try:
+            found = infer_fusion(utils.select_state_dict(utils.load_checkpoint(candidate)))
+        except utils.CheckpointError:
+            if args.resume:
+                raise
+            continue
+        path = candidate
+        break
+    if found is None:
+        return args.fusion or "none"
+    if args.fusion is not None and args.fusion != found:
+        hint = f"give --fusion {found}" + ("" if args.demo else " or leave the flag out")  # --demo sets add
+        raise utils.CheckpointError(f"--fusion {args.fusion} contradicts {path}, whose weights are those of "
+                                    f"--fusion {found}: {hint}")
+    logging.info("--fusion %s: %s the weights of %s", found,
+                 "read off" if args.fusion is None else "as given, agrees with", path)
+    return found
+
+
 def final_test(args, model, data_loader, device, epoch, header: str | None, checkpoint: str | None) -> dict:
     """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written."""
     records = engine.predict_views(data_loader, model, device, args.amp)
@@ -170,6 +204,7 @@ def main(args: argparse.Namespace) -> torch.nn.Module:
         torch.distributed.barrier()
     args.output_dir = args.output_dir or "."
     utils.check_output_dir(args)
+    args.fusion = resolve_fusion(args)
 
     check_data(args)
     dataset_test, args.nb_classes = build_dataset(is_train=False, test_mode=True, args=args)
