@@ -6,7 +6,7 @@ global context between regions; finally every local token reads that context bac
 the region tokens. With `fusion` set, the CA motion branch of MAE-DFER-CA (`ca_module.py`) runs beside the
 encoder and its feature is fused before the head.
 
-Parameter names, shapes and numerics follow the original checkpoints (`shared/spec/model.md`).
+Parameter names, shapes and numerics follow the original checkpoints (model.md).
 """
 
 from __future__ import annotations
@@ -467,6 +467,17 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
         if key in out and key in own and out[key].shape != own[key].shape:
             del out[key]
     return out
+
+
+def infer_fusion(state_dict: dict[str, torch.Tensor]) -> str:
+    """The --fusion a fine-tuned state dict was trained with, read off its keys and shapes (model.md §3): the CA
+    fork's checkpoints do not record it, as its model always has the CA branch."""
+    if "vit_pos.cls_token" in state_dict:
+        return "pos"
+    if "fc1.weight" not in state_dict:
+        return "none"
+    # cat feeds the head the encoder feature and fc1's output side by side
+    return "cat" if state_dict["head.weight"].shape[1] == 2 * state_dict["fc1.weight"].shape[0] else "add"
 
 
 def _create_vit(variant: str, pretrained: bool, config: dict, **kwargs) -> VisionTransformer:

@@ -26,6 +26,7 @@ import training
 import utils
 from datasets import DATASETS, build_dataset
 from metrics import format_summary, write_test_report
+from modeling_finetune import infer_fusion
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
 # It trains from scratch, so every layer gets the full learning rate (layer_decay 1).
@@ -60,7 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     utils.add_lg_arguments(p)
     add("--lg_classify_token_type", type=str, default="org", choices=["org", "region", "all"])
     add("--depth", default=None, type=int)
-    add("--fusion", default="none", choices=["none", "add", "cat", "pos"], help="CA motion branch fusion (ours)")
+    add("--fusion", default=None, choices=["none", "add", "cat", "pos"],
+        help="CA motion branch fusion (ours). Not given: that of the weights resumed or evaluated, else none")
     # Optimizer and schedule
     utils.add_optimizer_arguments(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
     add("--layer_decay", type=float, default=0.75)
@@ -125,17 +127,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def create_model(args: argparse.Namespace) -> nn.Module:
-    """The fine-tune model exactly as the original script builds it, plus --fusion and the input size."""
+def create_model(args: argparse.Namespace, fusion: str | None = None) -> nn.Module:
+    """The fine-tune model exactly as the original script builds it, plus the fusion (default --fusion) and the input
+    size."""
+    fusion = fusion or args.fusion
     kwargs = dict(pretrained=False, img_size=args.input_size, num_classes=args.nb_classes,
                   all_frames=args.num_frames * args.num_segments, tubelet_size=args.tubelet_size,
                   drop_rate=args.drop, drop_path_rate=args.drop_path,
                   attn_drop_rate=args.attn_drop_rate, drop_block_rate=None, use_mean_pooling=args.use_mean_pooling,
                   init_scale=args.init_scale, lg_classify_token_type=args.lg_classify_token_type,
-                  fusion=None if args.fusion == "none" else args.fusion, **utils.lg_kwargs(args))
+                  fusion=None if fusion in (None, "none") else fusion, **utils.lg_kwargs(args))
     if args.depth is not None:  # the no_depth models' depth; it overrides a fixed-depth model's
         kwargs["depth"] = args.depth
     return timm.create_model(args.model, **kwargs)
+
+
+def resolve_fusion(args: argparse.Namespace, output_dir: Path) -> str:
+    """--fusion; when not given, that of the weights --resume (or auto-resume) loads, read off them, since the CA
+    fork's checkpoints and command lines do not name it; else none (plain MAE-DFER, the original model).
+
+    A --fusion that contradicts those weights is an error. --finetune weights (pretraining) have no CA branch and
+    say nothing: the flag stands.
+    """
+    if args.resume:
+        candidates = [Path(args.resume)]
+    else:
+        candidates = checkpoint.resume_candidates(output_dir) if args.auto_resume else []
+    path, found = None, None
+    for candidate in candidates:  # auto-resume's rule: the newest that reads (auto_load_model warns about others)
+        try:
+            found = infer_fusion(checkpoint.select_state_dict(checkpoint.load_checkpoint(candidate)))
+        except checkpoint.CheckpointError:
+            if args.resume:
+                raise
+            continue
+        path = candidate
+        break
+    if found is None:
+        return args.fusion or "none"
+    if args.fusion is not None and args.fusion != found:
+        hint = f"give --fusion {found}" + ("" if args.demo else " or leave the flag out")  # --demo sets add
+        raise checkpoint.CheckpointError(f"--fusion {args.fusion} contradicts {path}, whose weights are those of "
+                                         f"--fusion {found}: {hint}")
+    logging.info("--fusion %s: %s the weights of %s", found,
+                 "read off" if args.fusion is None else "as given, agrees with", path)
+    return found
 
 
 def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, data_loader, precision, *,
@@ -183,12 +219,13 @@ def main(args: argparse.Namespace) -> nn.Module:
     device, precision = run.device, run.precision()
     dataset_test = build_dataset(is_train=False, test_mode=True, args=args)[0]
     loader_test = datasets.build_loader(dataset_test, args, args.batch_size, device=device)
-    model = create_model(args)
+    fusion = resolve_fusion(args, run.output_dir)
+    model = create_model(args, fusion)
     if args.finetune:
         checkpoint.load_pretrained(model, args.finetune, args.model_key, args.model_prefix)
     model.to(device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logging.info("model %s (fusion %s): %d trainable parameters", args.model, args.fusion, n_parameters)
+    logging.info("model %s (fusion %s): %d trainable parameters", args.model, fusion, n_parameters)
 
     if args.eval:
         state = training.resume(args, run, model, evaluating=True)
@@ -216,9 +253,9 @@ def main(args: argparse.Namespace) -> nn.Module:
                             max_bad_samples=args.max_bad_samples,
                             geometry=dict(batch_size=args.batch_size, update_freq=args.update_freq,
                                           processes=run.process.world_size))
-    saver = training.Checkpointer(run, state, model, optimizer, training.checkpoint_args(args, run, global_batch),
-                                  precision, epochs=args.epochs, save_ckpt_freq=args.save_ckpt_freq,
-                                  save_every_steps=args.save_every_steps, keep_last=args.keep_last_ckpts,
+    saved_args = training.checkpoint_args(args, run, global_batch, fusion=fusion)
+    saver = training.Checkpointer(run, state, model, optimizer, saved_args, precision, epochs=args.epochs,
+                                  save_ckpt_freq=args.save_ckpt_freq, save_every_steps=args.save_every_steps, keep_last=args.keep_last_ckpts,
                                   model_ema=model_ema, enabled=args.save_ckpt)
     train_model = training.distributed_model(model, run, compile=args.compile, sync_bn=args.sync_bn)
     log_writer = training.log_writer(args, run)

@@ -28,6 +28,7 @@ import timeline
 import utils
 from datasets import DATASETS, VIDEO_EXTENSIONS
 from engine_inference import VideoError, process_video
+from modeling_finetune import infer_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +80,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def infer_fusion(state_dict: dict[str, torch.Tensor]) -> str:
-    """The CA fusion a state dict was trained with (the CA fork's checkpoints do not store it): model.md §3."""
-    if "vit_pos.cls_token" in state_dict:
-        return "pos"
-    if "fc1.weight" not in state_dict:
-        return "none"
-    return "cat" if state_dict["head.weight"].shape[1] == 2 * state_dict["fc_norm.weight"].shape[0] else "add"
-
-
 def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespace:
     """Fine-tuning arguments for `rcf.create_model`: the checkpoint's stored ones, else the flags and the scripts'
     configuration; a flag that contradicts the checkpoint is an error."""
@@ -97,7 +89,7 @@ def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespa
         vars(cfg).update(SCRIPT_CONFIG)
     else:
         vars(cfg).update(vars(stored))
-    if stored is None or "fusion" not in vars(stored):
+    if stored is None or getattr(stored, "fusion", None) is None:
         cfg.fusion = infer_fusion(ckpt.select_state_dict(checkpoint))
     for name in MODEL_FLAGS:
         given = getattr(args, name)

@@ -61,7 +61,7 @@ def prepare_run(args: argparse.Namespace, *, lists: Sequence[str | Path], nb_cla
     data (rank 0, the others wait); refuse to overwrite a previous run; then the fast check of the data lists (a bad
     list stops the run now, naming file and line)."""
     utils.keep_freed_memory()
-    process = utils.init_distributed(args.device, args.dist_timeout)
+    process = utils.init_distributed(args.device, args.dist_timeout, args.local_rank)
     logging.basicConfig(level=logging.INFO if process.rank == 0 else logging.WARNING, format="%(message)s")
     amp = args.amp or utils.default_amp(process.device)
     if process.device.type == "cuda":

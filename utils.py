@@ -53,17 +53,17 @@ class Process:
         return self.world_size > 1
 
 
-def init_distributed(device: str, timeout_minutes: float = 30.0) -> Process:
+def init_distributed(device: str, timeout_minutes: float = 30.0, local_rank: int = -1) -> Process:
     """Join torchrun's process group when launched by it (NCCL on CUDA, gloo on the CPU); else one process.
 
-    `--device cuda` means this rank's GPU, LOCAL_RANK (torchrun sets it; it wins over `--local_rank`); `cuda:N` is
-    taken as given.
+    `--device cuda` means this rank's GPU: LOCAL_RANK (torchrun sets it), else `local_rank` (torch.distributed.launch's
+    --local-rank); `cuda:N` is taken as given.
     """
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     target = torch.device(device)
     if target.type == "cuda":
         target = torch.device("cuda", target.index if target.index is not None
-                              else int(os.environ.get("LOCAL_RANK", 0)))
+                              else int(os.environ.get("LOCAL_RANK", max(local_rank, 0))))
         torch.cuda.set_device(target)
     if world_size > 1:
         torch.distributed.init_process_group(backend="nccl" if target.type == "cuda" else "gloo",
@@ -237,7 +237,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no_pin_mem", action="store_false", dest="pin_mem")
     parser.set_defaults(pin_mem=True)
     add("--world_size", default=1, type=int)
-    add("--local_rank", default=-1, type=int)
+    # torch.distributed.launch passes --local-rank=N on torch 2.x, --local_rank=N before; LOCAL_RANK wins (torchrun)
+    add("--local_rank", "--local-rank", default=-1, type=int)
     add("--dist_on_itp", action="store_true")
     add("--dist_url", default="env://")
     add("--dist_timeout", default=60.0, type=float,

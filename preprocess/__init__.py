@@ -1,1 +1,4 @@
-"""Data preparation: one script per dataset (`python -m preprocess.<dataset> --root ...`), the check and re-rooting."""
+"""Data preparation: one script per dataset, the check and re-rooting.
+
+Each runs as `python -m preprocess.<name>` (from the repository root) or `python preprocess/<name>.py`.
+"""

@@ -8,6 +8,9 @@ The dataset (class names, label range, frame extension) is --data_set, or read f
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import argparse
 import json
 import os

@@ -1,4 +1,4 @@
-"""CREMA-D (spec/data.md §5.1): train.csv and test.csv of the 5 actor-independent folds of the originals' lists.
+"""CREMA-D (data.md §5.1): train.csv and test.csv of the 5 actor-independent folds of the originals' lists.
 
     python -m preprocess.crema_d --root /data/CREMA-D [--fold k] [--out saved/data/crema-d] [--relative]
 
@@ -7,6 +7,9 @@ name; fold k tests actors 1001-1018, 1019-1036, 1037-1054, 1055-1072, 1073-1091 
 """
 
 from __future__ import annotations
+
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
 
 import re
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""DFEW (spec/data.md §2): train.csv, test.csv and val.csv (= test.csv) of each single-labeled 5-fold split.
+"""DFEW (data.md §2): train.csv, test.csv and val.csv (= test.csv) of each single-labeled 5-fold split.
 
     python -m preprocess.dfew --root /data/DFEW [--fold k] [--out saved/data/dfew/org] [--relative]
 
@@ -8,13 +8,16 @@ and lists <root>/Clip/jpg_256/<NNNNN> with label - 1, in split-file order, into 
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import csv
 import shutil
 from pathlib import Path
 
 from preprocess.common import absolute, cli, entry_path, finish, fold_dir, parser, selected_folds, write_list
 
-# The originals read jpg_256: the official jpg_224 folder renamed (its images are 256x256; spec/data.md §2.1).
+# The originals read jpg_256: the official jpg_224 folder renamed (its images are 256x256; data.md §2.1).
 FRAME_DIRS = ("jpg_256", "jpg_224")
 
 

@@ -1,4 +1,4 @@
-"""eNTERFACE'05 (spec/data.md §5.2): train.csv and test.csv of the 5 subject-independent folds of the originals.
+"""eNTERFACE'05 (data.md §5.2): train.csv and test.csv of the 5 subject-independent folds of the originals.
 
     python -m preprocess.enterface --root /data/eNTERFACE [--fold k] [--out saved/data/enterface] [--relative]
 
@@ -8,6 +8,9 @@ sorted; fold k tests subjects 1-10 (there is no subject 6), 11-19, 20-28, 29-37,
 """
 
 from __future__ import annotations
+
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
 
 import re
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""FERV39k (spec/data.md §1): train.csv and test.csv of the All-scenes setup from the official split files.
+"""FERV39k (data.md §1): train.csv and test.csv of the All-scenes setup from the official split files.
 
     python -m preprocess.ferv39k --root /data/FERV39k [--out saved/data/ferv39k/all_scenes] [--relative]
 
@@ -8,6 +8,9 @@ test.csv, as in the originals.
 """
 
 from __future__ import annotations
+
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
 
 from pathlib import Path
 

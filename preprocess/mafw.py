@@ -1,4 +1,4 @@
-"""MAFW (spec/data.md §3): train.csv and test.csv of each single-label 5-fold split (no captions).
+"""MAFW (data.md §3): train.csv and test.csv of each single-label 5-fold split (no captions).
 
     python -m preprocess.mafw --root /data/MAFW [--fold k] [--out saved/data/mafw/single] [--relative]
 
@@ -7,6 +7,9 @@ frames <root>/data/frames/<NNNNN>, in split-file order, into <out>/split0<k>/.
 """
 
 from __future__ import annotations
+
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""RAVDESS (spec/data.md §5.3): train.csv and test.csv of the 6 actor-independent folds of the originals' lists.
+"""RAVDESS (data.md §5.3): train.csv and test.csv of the 6 actor-independent folds of the originals' lists.
 
     python -m preprocess.ravdess --root /data/RAVDESS [--fold k] [--out saved/data/ravdess] [--relative]
 
@@ -8,6 +8,9 @@ Lists the face-frame folders <root>/face_aligned/Actor_<AA>/<MM-VV-EE-II-SS-RR-A
 """
 
 from __future__ import annotations
+
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
 
 import re
 from pathlib import Path

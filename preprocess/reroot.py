@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
+
 import argparse
 import os
 from pathlib import Path

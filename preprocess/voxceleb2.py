@@ -1,4 +1,4 @@
-"""VoxCeleb2 (spec/data.md §4): info_clean.csv, the pretraining list of every dev video decord can open.
+"""VoxCeleb2 (data.md §4): info_clean.csv, the pretraining list of every dev video decord can open.
 
     python -m preprocess.voxceleb2 --root /data/VoxCeleb2/dev/mp4 [--workers 8] [--out saved/data/voxceleb2]
 
@@ -8,6 +8,9 @@ The originals pasted one machine's decord errors instead (283 of 1,092,009 files
 """
 
 from __future__ import annotations
+
+if not __package__:  # run as `python preprocess/<name>.py`: the repository root goes on sys.path
+    import _bootstrap  # noqa: F401
 
 import os
 from multiprocessing import Pool

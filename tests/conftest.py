@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny model configurations and the original checkpoints' key lists (shared/spec/keys)."""
+"""Shared fixtures: tiny model configurations and the original checkpoints' key lists (tests/data/keys)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-# Copies of shared/spec/keys: parameter names and shapes of the original checkpoints, and their FLOPs.
+# Parameter names and shapes of the original checkpoints, and their FLOPs (copied into the repository).
 SPEC_KEYS = Path(__file__).resolve().parent / "data" / "keys"
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, qkv_bias=True,

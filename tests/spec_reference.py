@@ -1,6 +1,6 @@
 """Independent, spec-literal re-implementation of the original fine-tune model (model.md §1–§3).
 
-Written from `shared/spec/model.md` only, in the style of the original code (explicit attention math,
+Written from model.md only, in the style of the original code (explicit attention math,
 `F.linear`, index-formula region grouping, in-place slice writes on clones, per-sample CA motion loop),
 so that the parity tests catch a misreading of the spec in either implementation. It is also the
 "original-style" baseline the benchmarks time. Not registered in timm on purpose (names would clash).

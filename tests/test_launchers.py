@@ -81,3 +81,54 @@ def test_k_fold_launcher_runs_the_folds_skips_finished_ones_and_writes_the_table
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "fold 1: finished" in again.stdout and "fold 2: finished" in again.stdout
     assert "epoch 0" not in again.stderr  # nothing trained again
+
+
+# MAE-DFER-CA's FERV39k variants (its README table, UAR / WAR) as the launcher's one-variable changes, with the
+# trainable parameter counts of their logs (finetune.md §2.4); FUSION=none is plain MAE-DFER.
+CA_VARIANTS = {
+    "add": ({}, "add", [2, 5, 10], 114_324_610, "_fusion_add"),
+    "add, regions 4x5x10": ({"LG_REGION_SIZE": "4 5 10"}, "add", [4, 5, 10], 114_322_562,
+                            "_fusion_add_region_size4510"),
+    "add(pos)": ({"FUSION": "pos"}, "pos", [2, 5, 10], 118_588_040, "_fusion_pos"),
+    "cat": ({"FUSION": "cat"}, "cat", [2, 5, 10], 114_328_194, "_fusion_cat"),
+    "MAE-DFER": ({"FUSION": "none"}, "none", [2, 5, 10], 84_878_343, ""),
+}
+
+
+def launcher_command_line(tmp_path: Path, variables: dict) -> list[str]:
+    """The flags the FERV39k launcher gives run_class_finetuning.py, caught by a stand-in torchrun."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "torchrun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')
+    (bin_dir / "torchrun").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("FUSION", "LG_REGION_SIZE", "OUTPUT_DIR")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", ARGS_FILE=str(tmp_path / "args"),
+               OUTPUT_ROOT=str(tmp_path / "out"), **variables)
+    run = subprocess.run(["bash", str(ROOT / LAUNCHERS["FERV39k"][0])], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    argv = (tmp_path / "args").read_text().splitlines()
+    return argv[argv.index("run_class_finetuning.py") + 1:]
+
+
+@pytest.mark.parametrize("variant", list(CA_VARIANTS))
+def test_each_ca_variant_of_the_ferv39k_launcher_is_one_variable(variant, tmp_path):
+    import run_class_finetuning as rcf
+
+    variables, fusion, regions, _, suffix = CA_VARIANTS[variant]
+    args = rcf.get_args_parser().parse_args(launcher_command_line(tmp_path, variables))
+    assert args.fusion == fusion and args.lg_region_size == regions
+    assert args.output_dir.endswith(f"region_server164{suffix}")  # every variant in its own folder
+    # the rest is the original recipe
+    assert (args.model, args.depth, args.batch_size, args.lr, args.epochs, args.sampling_rate, args.data_set) == (
+        "vit_base_dim512_no_depth_patch16_160", 16, 40, 1e-3, 100, 1, "FERV39k")
+
+
+@pytest.mark.slow
+def test_the_ca_variants_build_the_models_of_the_ca_logs(tmp_path):
+    import run_class_finetuning as rcf
+
+    for variant, (variables, _, _, n_parameters, _) in CA_VARIANTS.items():
+        model = rcf.create_model(rcf.get_args_parser().parse_args(launcher_command_line(tmp_path, variables)))
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n_parameters, variant
+        del model

@@ -13,6 +13,7 @@ import modeling_finetune
 from modeling_finetune import (
     VisionTransformer,
     get_sinusoid_encoding_table,
+    infer_fusion,
     region_counts,
     regions_to_tokens,
     tokens_to_regions,
@@ -209,3 +210,15 @@ def test_forward_tokens_returns_the_raster_token_grid(options, clip):
             blocks = model.forward_blocks(clip)
             regions = tokens_to_regions(tokens, model.grid_size, model.lg_region_size)
             assert torch.equal(regions, blocks[:, :, 1:])
+
+
+@pytest.mark.parametrize("fusion", [None, "add", "cat", "pos"])
+@pytest.mark.parametrize("pooling", [True, False])
+def test_the_fusion_is_read_off_the_weights(fusion, pooling):
+    assert infer_fusion(tiny(fusion=fusion, use_mean_pooling=pooling).state_dict()) == (fusion or "none")
+
+
+def test_the_fusion_of_the_original_checkpoints_key_lists():
+    # the CA fork's checkpoints (625 keys) record no fusion; MAE-DFER's (519) have no CA branch
+    assert infer_fusion(random_state_dict(read_keys("keys_ca_add_ft_base.txt"))) == "add"
+    assert infer_fusion(random_state_dict(read_keys("keys_maedfer_ft_base.txt"))) == "none"

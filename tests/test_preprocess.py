@@ -1,4 +1,4 @@
-"""preprocess/: each script on a fake tree of its spec/data.md layout writes the expected lines, labels and folds."""
+"""preprocess/: each script on a fake tree of its data.md layout writes the expected lines, labels and folds."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def run(module, *argv) -> None:
 
 # --- FERV39k -----------------------------------------------------------------------------------------------------
 
-def test_ferv39k_lists_follow_the_split_files_with_the_label_order(tmp_path, capsys):
-    root = tmp_path / "FERV39k"
+def make_ferv39k(root: Path) -> Path:
+    """A FERV39k tree: 3 training and 4 test clips of 16 frames, with the official split files."""
     train = [("War/Fear/0120", "Fear"), ("Talkshow/Happy/0007", "Happy"), ("School/Neutral/0033", "Neutral")]
     test = [("Crime/Disgust/0001", "Disgust"), ("Action/Surprise/0002", "Surprise"), ("Argue/Sad/0003", "Sad"),
             ("Argue/Angry/0004", "Angry")]
@@ -57,6 +57,11 @@ def test_ferv39k_lists_follow_the_split_files_with_the_label_order(tmp_path, cap
     setups.mkdir(parents=True)
     (setups / "train_All.csv").write_text("".join(f"{c} {e}\n" for c, e in train))
     (setups / "test_All.csv").write_text("".join(f"{c} {e}\n" for c, e in test))
+    return root
+
+
+def test_ferv39k_lists_follow_the_split_files_with_the_label_order(tmp_path, capsys):
+    root = make_ferv39k(tmp_path / "FERV39k")
     out = tmp_path / "out"
     run(ferv39k, "--root", root, "--out", out)
     clips = root / "2_ClipsforFaceCrop"
@@ -252,3 +257,43 @@ def test_scripts_run_from_the_repo_root_and_fail_on_a_bad_tree(tmp_path):
     assert done.returncode == 1, done.stderr
     assert f"split01/train.csv:1: error: {root}/face_aligned/1020_IEO_HAP_HI: no *.jpg frames" in done.stdout
     assert "FAILED: 1 errors" in done.stdout
+
+
+def script(name: str, *argv, form: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run preprocess/<name>.py as a user types it: `python preprocess/<name>.py` or `python -m preprocess.<name>`."""
+    command = [str(REPO / "preprocess" / f"{name}.py")] if form == "file" else ["-m", f"preprocess.{name}"]
+    return subprocess.run([sys.executable, *command, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("form", ["file", pytest.param("module", marks=pytest.mark.slow)])
+def test_a_script_its_check_and_reroot_run_as_files_and_as_modules(tmp_path, form):
+    # the file form from another folder too (the originals' "cd preprocess; python ferv39k.py"); -m from the root
+    root = make_ferv39k(tmp_path / "FERV39k")
+    out = tmp_path / "out"
+    cwd = REPO / "preprocess" if form == "file" else REPO
+    done = script("ferv39k", "--root", root, "--out", out, "--workers", "1", form=form, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    assert "OK: 0 errors" in done.stdout
+    assert lines(out / "train.csv")[0] == f"{root}/2_ClipsforFaceCrop/War/Fear/0120 6"
+
+    done = script("check", out / "train.csv", out / "test.csv", "--data_set", "FERV39k", "--sampling_rate", "1",
+                  "--workers", "1", form=form, cwd=tmp_path if form == "file" else REPO)
+    assert done.returncode == 0, done.stderr
+    assert "train.csv        3" in done.stdout and "OK: 0 errors" in done.stdout
+
+    done = script("reroot", out / "test.csv", "--new", "/data/FERV39k", "--out", tmp_path / "rerooted", form=form,
+                  cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    assert lines(tmp_path / "rerooted" / "test.csv")[0] == "/data/FERV39k/Crime/Disgust/0001 5"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_every_script_starts_in_both_forms(form):
+    names = sorted(p.stem for p in (REPO / "preprocess").glob("*.py") if not p.stem.startswith("_")
+                   and p.stem != "common")
+    assert len(names) == 9
+    for name in names:
+        done = script(name, "--help", form=form, cwd=REPO)
+        assert done.returncode == 0 and "usage:" in done.stdout, f"{name}: {done.stderr}"

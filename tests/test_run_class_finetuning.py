@@ -147,7 +147,7 @@ def sys_argv_of(args: argparse.Namespace) -> list[str]:
     """The command-line flags that rebuild this demo configuration in another process."""
     return ["--demo", "--data_path", args.data_path, "--data_root", args.data_root, "--input_size", "32",
             "--short_side_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--batch_size", "4",
-            "--num_workers", "0", "--device", "cpu", "--fusion", args.fusion]
+            "--num_workers", "0", "--device", "cpu", *(["--fusion", args.fusion] if args.fusion else [])]
 
 
 # --- resume, bad runs --------------------------------------------------------------------------------------------
@@ -394,3 +394,117 @@ def test_two_process_training_epoch_keeps_ranks_in_sync(demo_root, tmp_path):
     assert saved["args"].world_size == 2 and "global batch 4" in outputs[0]
     log = (tmp_path / "o" / "log.txt").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log if line.startswith('{"train_')] == [0]  # rank 0 alone writes
+
+
+@pytest.mark.slow
+def test_the_original_launcher_form_torch_distributed_launch_runs(demo_root, tmp_path):
+    """`python -m torch.distributed.launch --nproc_per_node=1 run_class_finetuning.py ...`, the authors' launcher:
+    on torch 2.x it passes --local-rank=0, which the script accepts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = demo_args(demo_root, tmp_path, "--fusion", "none")
+    flags = [*sys_argv_of(args), "--epochs", "1", "--warmup_epochs", "0", "--disable_eval_during_finetuning",
+             "--output_dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=1",
+                          "--master_port", "29541", str(Path(rcf.__file__)), *flags],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    stored = ckpt.load_checkpoint(tmp_path / "run" / "checkpoint-0.pth")["args"]
+    assert stored.local_rank == 0  # given by the launcher (the default is -1)
+
+
+# --- the CA fork's checkpoints with the CA fork's command lines (no --fusion) ------------------------------------
+
+def fork_flags(root, output_dir, *extra: str) -> list[str]:
+    """A command line in the CA fork's style, for the demo data shrunk to seconds: every flag but --fusion."""
+    return ["--data_set", "DEMO", "--nb_classes", "5", "--data_path", str(root), "--data_root", str(root),
+            "--output_dir", str(output_dir), "--model", "vit_tiny_dim128_no_depth_patch16_64", "--depth", "1",
+            "--input_size", "32", "--short_side_size", "32", "--lg_region_size", "2", "1", "2",
+            "--lg_classify_token_type", "region", "--num_frames", "16", "--sampling_rate", "1",
+            "--test_num_segment", "2", "--test_num_crop", "2", "--batch_size", "4", "--num_workers", "0",
+            "--num_sample", "1", "--epochs", "1", "--warmup_epochs", "0", "--device", "cpu", *extra]
+
+
+def fork_args(root, output_dir, *extra: str) -> argparse.Namespace:
+    return rcf.get_args_parser().parse_args(fork_flags(root, output_dir, *extra))
+
+
+def save_fork_checkpoint(root, path, fusion: str) -> dict:
+    """A checkpoint as the CA fork writes it: its stored arguments name no fusion (its model always has the branch)."""
+    args = fork_args(root, path.parent, "--fusion", fusion)
+    torch.manual_seed(0)
+    model = rcf.create_model(args)
+    with torch.no_grad():  # a head that tells the clips apart
+        model.head.weight.normal_(0, 0.5)
+    del args.fusion
+    state = {"model": model.state_dict(), "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
+             "epoch": 99, "scaler": None, "args": args}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state["model"]
+
+
+@pytest.mark.parametrize("fusion", ["add", "cat"])
+def test_a_ca_fork_checkpoint_evaluates_without_fusion(demo_root, tmp_path, fusion, caplog):
+    checkpoint = tmp_path / "released" / "checkpoint-99.pth"
+    weights = save_fork_checkpoint(demo_root, checkpoint, fusion)
+    with caplog.at_level("INFO"):
+        model = rcf.main(fork_args(demo_root, tmp_path / "eval", "--eval", "--resume", str(checkpoint)))
+    assert model.fusion == fusion and torch.equal(model.state_dict()["head.weight"], weights["head.weight"])
+    assert f"--fusion {fusion}: read off the weights of {checkpoint}" in caplog.text
+    assert len(read_pred(tmp_path / "eval" / "pred.csv")) == len((demo_root / "test.csv").read_text().splitlines())
+
+
+def test_auto_resume_reads_the_fusion_of_the_checkpoint_it_finds(demo_root, tmp_path, caplog):
+    save_fork_checkpoint(demo_root, tmp_path / "checkpoint-99.pth", "add")  # the CA fork's --eval re-run
+    with caplog.at_level("INFO"):
+        model = rcf.main(fork_args(demo_root, tmp_path, "--eval"))
+    assert model.fusion == "add"
+    assert f"read off the weights of {tmp_path / 'checkpoint-99.pth'}" in caplog.text
+
+
+def test_a_fusion_that_contradicts_the_weights_names_both(demo_root, tmp_path):
+    checkpoint = tmp_path / "released" / "checkpoint-99.pth"
+    save_fork_checkpoint(demo_root, checkpoint, "add")
+    with pytest.raises(ckpt.CheckpointError, match=rf"--fusion cat contradicts {checkpoint}, whose weights are "
+                                                    r"those of --fusion add: give --fusion add or leave the flag out"):
+        rcf.main(fork_args(demo_root, tmp_path / "eval", "--eval", "--resume", str(checkpoint), "--fusion", "cat"))
+    with pytest.raises(ckpt.CheckpointError, match="--fusion none contradicts"):
+        rcf.main(fork_args(demo_root, tmp_path / "eval", "--eval", "--resume", str(checkpoint), "--fusion", "none"))
+
+
+def test_finetune_from_a_pretraining_checkpoint_keeps_the_fusion_given(demo_root, tmp_path):
+    plain = rcf.create_model(fork_args(demo_root, tmp_path))  # no --fusion: plain MAE-DFER
+    assert plain.fusion is None
+    encoder = {f"encoder.{k}": v for k, v in plain.state_dict().items() if not k.startswith(("head.", "fc_norm."))}
+    torch.save({"model": {**encoder, "mask_token": torch.zeros(1, 1, 128)}}, tmp_path / "pretrained.pth")
+    model = rcf.main(fork_args(demo_root, tmp_path / "run", "--finetune", str(tmp_path / "pretrained.pth"),
+                               "--fusion", "add", "--disable_eval_during_finetuning"))
+    assert model.fusion == "add"
+    assert ckpt.load_checkpoint(tmp_path / "run" / "checkpoint-0.pth")["args"].fusion == "add"
+    model = rcf.main(fork_args(demo_root, tmp_path / "plain", "--finetune", str(tmp_path / "pretrained.pth"),
+                               "--disable_eval_during_finetuning"))
+    assert model.fusion is None  # not given: none, the original model
+
+
+@pytest.mark.slow
+def test_the_ca_fork_command_line_evaluates_its_checkpoint(demo_root, tmp_path):
+    """`python run_class_finetuning.py <the CA fork's flags, no --fusion> --eval --resume CKPT` as a user types it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    checkpoint = tmp_path / "released" / "checkpoint-99.pth"
+    save_fork_checkpoint(demo_root, checkpoint, "add")
+    run = subprocess.run([sys.executable, str(Path(rcf.__file__)),
+                          *fork_flags(demo_root, tmp_path / "eval", "--eval", "--resume", str(checkpoint))],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"--fusion add: read off the weights of {checkpoint}" in run.stdout + run.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_clips"] == 10

@@ -173,14 +173,6 @@ def test_a_bare_state_dict_needs_flags_that_fit_it(checkpoint, video, tmp_path):
     assert np.allclose(np.nansum(result["probs"], axis=1), 1)
 
 
-def test_fusion_is_inferred_from_the_weights():
-    head = {"fc_norm.weight": torch.zeros(512)}
-    assert ri.infer_fusion({**head, "head.weight": torch.zeros(7, 512)}) == "none"
-    assert ri.infer_fusion({**head, "fc1.weight": 0, "head.weight": torch.zeros(7, 512)}) == "add"
-    assert ri.infer_fusion({**head, "fc1.weight": 0, "head.weight": torch.zeros(7, 1024)}) == "cat"
-    assert ri.infer_fusion({**head, "fc1.weight": 0, "vit_pos.cls_token": 0, "head.weight": 0}) == "pos"
-
-
 @pytest.mark.slow
 def test_fine_tune_then_predict_end_to_end(tmp_path):
     """Our own fine-tuning (one epoch on generated clips) writes the checkpoint that run_inference reads."""

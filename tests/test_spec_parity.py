@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import SPEC_KEYS
 from spec_reference import build_reference, build_reference_base, region_index
 from torch import nn
 
 import modeling_finetune
-
-# shared/ lies beside the repository (also in CI, which clones main next to it)
-KEYS_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec" / "keys"
 
 ATOL = RTOL = 1e-5
 
@@ -284,7 +281,7 @@ def test_selected_tokens_are_region_major(token_type: str) -> None:
 
 def read_keys(filename: str) -> list[tuple[str, tuple[int, ...]]]:
     rows = []
-    for line in (KEYS_DIR / filename).read_text().splitlines():
+    for line in (SPEC_KEYS / filename).read_text().splitlines():
         name, shape = line.split()
         rows.append((name, tuple(int(s) for s in shape.strip("[]").split(",") if s)))
     return rows

@@ -215,3 +215,22 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         ckpt.save_model(args.output_dir, 1, model=model, optimizer=optimizer, args=args, step=2, numbered=False)
     assert (tmp_path / "checkpoint-last.pth").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-last.pth"]
+
+
+# --- the launchers' local-rank flag -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", ["run_class_finetuning", "run_mae_pretraining"])
+@pytest.mark.parametrize("flag", ["--local-rank=1", "--local_rank=1", "--local-rank", "--local_rank"])
+def test_both_local_rank_spellings_are_accepted_and_local_rank_in_the_environment_wins(script, flag, monkeypatch):
+    import importlib
+
+    parser = importlib.import_module(script).get_args_parser()
+    args = parser.parse_args([flag] if "=" in flag else [flag, "1"])
+    assert args.local_rank == 1
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    utils.init_distributed_mode(args)
+    assert args.gpu == 1 and not args.distributed
+    monkeypatch.setenv("LOCAL_RANK", "0")  # torch.distributed.launch and torchrun set it: it is the one used
+    utils.init_distributed_mode(args)
+    assert args.gpu == 0
