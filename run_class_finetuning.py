@@ -255,8 +255,8 @@ def main(args: argparse.Namespace) -> nn.Module:
                                           processes=run.process.world_size))
     saved_args = training.checkpoint_args(args, run, global_batch, fusion=fusion)
     saver = training.Checkpointer(run, state, model, optimizer, saved_args, precision, epochs=args.epochs,
-                                  save_ckpt_freq=args.save_ckpt_freq, save_every_steps=args.save_every_steps, keep_last=args.keep_last_ckpts,
-                                  model_ema=model_ema, enabled=args.save_ckpt)
+                                  save_ckpt_freq=args.save_ckpt_freq, save_every_steps=args.save_every_steps,
+                                  keep_last=args.keep_last_ckpts, model_ema=model_ema, enabled=args.save_ckpt)
     train_model = training.distributed_model(model, run, compile=args.compile, sync_bn=args.sync_bn)
     log_writer = training.log_writer(args, run)
     logging.info("global batch %d, peak lr %.3g, %d steps per epoch", global_batch, schedule.peak_lr, steps)
