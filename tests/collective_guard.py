@@ -101,15 +101,18 @@ class CollectiveGuard:
         problems = []
         tensors = list(_tensors((args, kwargs)))
         if name in TENSOR_COLLECTIVES:
-            for t in tensors:
-                if t.device.type not in devices:
-                    problems.append(f"{name} of a {t.device.type} {str(t.dtype).removeprefix('torch.')} tensor "
-                                    f"{list(t.shape)} at {site}: backend {self.backend} has no {t.device.type} "
-                                    f"support (\"No backend type associated with device type {t.device.type}\")")
-                elif t.device.type == "cuda" and "cpu" not in devices and torch.cuda.is_available() \
-                        and t.device.index not in (None, torch.cuda.current_device()):
-                    problems.append(f"{name} of a tensor on {t.device} at {site}, but this rank's current device is "
-                                    f"cuda:{torch.cuda.current_device()}")
+            refused = [t for t in tensors if t.device.type not in devices]
+            if refused:
+                kinds = ", ".join(dict.fromkeys(f"{t.device.type} {str(t.dtype).removeprefix('torch.')} tensor "
+                                                f"{list(t.shape)}" for t in refused))
+                problems.append(f"{name} of a {kinds} at {site}: backend {self.backend} has no {refused[0].device.type}"
+                                f" support (\"No backend type associated with device type {refused[0].device.type}\")")
+            elif "cpu" not in devices and torch.cuda.is_available():
+                current = torch.cuda.current_device()
+                elsewhere = sorted({str(t.device) for t in tensors if t.device.index not in (None, current)})
+                if elsewhere:
+                    problems.append(f"{name} of tensors on {', '.join(elsewhere)} at {site}, but this rank's current "
+                                    f"device is cuda:{current}")
         elif name in OBJECT_COLLECTIVES:
             for t in tensors:
                 if t.device.type != "cpu":
