@@ -218,6 +218,7 @@ def write_report(facts: Facts, report_dir: Path, guard) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # torchrun's agent killed (by launch's time limit): this rank goes too
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     opts, flags = get_args_parser().parse_args(argv[:split]), argv[split + 1:]
@@ -279,10 +280,37 @@ class Launch:
                          for r, (code, out) in enumerate(zip(self.returncodes, self.outputs)))
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (torchrun starts its workers in sessions of their own: killing the agent's
+    process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # each is a group leader (or its group is gone)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent exits, so that nothing outlives a killed test (a no-op elsewhere)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def launch(script: str, flags: list[str], work_dir: Path, *, nproc: int = 2, timeout: float = 240,
@@ -303,7 +331,7 @@ def launch(script: str, flags: list[str], work_dir: Path, *, nproc: int = 2, tim
                    "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                    str(Path(__file__).resolve()), script, "--report_dir", str(report_dir), *wrapper, "--", *flags]
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+                                          start_new_session=True, preexec_fn=die_with_parent))
         timed_out = False
         for proc in procs:
             try:
@@ -312,7 +340,7 @@ def launch(script: str, flags: list[str], work_dir: Path, *, nproc: int = 2, tim
                 timed_out = True
                 break
         for proc in procs:
-            _kill_group(proc)  # also whatever a finished torchrun left behind
+            _kill_tree(proc)  # also whatever a finished torchrun left behind
     outputs = [(work_dir / f"rank{rank}.out").read_text(errors="replace") for rank in range(nproc)]
     reports = []
     for rank in range(nproc):
