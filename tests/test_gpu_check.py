@@ -1,0 +1,41 @@
+"""benchmarks/gpu_check.py end to end on the CPU (--cpu: every part at tiny size), so that the GPU check a lent GPU
+runs once is known to work up to what only a GPU can show."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ["env", "finetune_steps", "pretrain_step", "nccl_one_rank", "two_process_demos", "checkpoint_cpu_gpu"]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_on_the_cpu_and_writes_one_report(tmp_path):
+    run = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(report["parts"]) == PARTS
+    assert {name: part["status"] for name, part in report["parts"].items()} == dict.fromkeys(PARTS, "ok"), {
+        name: part.get("error") for name, part in report["parts"].items()}
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    assert [line.split(":")[0][3:] for line in markdown.splitlines() if line.startswith("## ")] == PARTS
+    parts = {name: part["result"] for name, part in report["parts"].items()}
+
+    assert parts["env"]["torch"] and parts["env"]["cuda_available"] is False
+    rows = parts["finetune_steps"]["rows"]
+    assert [(r["fusion"], r["variant"]) for r in rows] == [
+        (f, v) for f in ("none", "add") for v in ("bf16", "fp16 + GradScaler")]
+    assert all("error" not in r and r["clips_per_s"] > 0 for r in rows), rows
+    assert parts["finetune_steps"]["gflops_per_step_none"] > 0
+    assert parts["pretrain_step"]["clips_per_s"] > 0 and parts["pretrain_step"]["gflops_per_step"] > 0
+    for name in ("finetuning", "pretraining"):  # the scripts ran in a 1-rank group, their collectives recorded
+        assert parts["nccl_one_rank"][name]["collectives"] > 0, parts["nccl_one_rank"][name]
+        assert len(parts["two_process_demos"][name]["exit"]) == 2
+    comparison = parts["checkpoint_cpu_gpu"]["cpu_bf16_vs_cpu_fp32"]
+    assert comparison["max_abs_prob_diff"] < 0.05 and comparison["argmax_agreement"].split("/")[1] == "10"
