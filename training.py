@@ -79,11 +79,16 @@ def prepare_run(args: argparse.Namespace, *, lists: Sequence[str | Path], nb_cla
     output_dir = Path(args.output_dir or ".")
     checkpoint.check_output_dir(output_dir, evaluating=evaluating, resuming=args.auto_resume or bool(args.resume))
     output_dir.mkdir(parents=True, exist_ok=True)
+    check_data(lists, nb_classes, args.data_root)
+    return Run(process, amp, output_dir)
+
+
+def check_data(lists: Sequence[str | Path], nb_classes: int | None, data_root: str | None) -> None:
+    """The fast data check (data_check.py) of the lists a run reads: a bad list stops it now, with file and line."""
     try:
-        check_lists(list(lists), nb_classes, args.data_root)
+        check_lists(list(lists), nb_classes, data_root)
     except DataCheckError as err:
         raise SystemExit(str(err)) from None
-    return Run(process, amp, output_dir)
 
 
 @contextmanager

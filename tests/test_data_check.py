@@ -8,9 +8,10 @@ import json
 import pytest
 from test_preprocess import frames, write_video
 
+import training
 from data_check import DataCheckError, check_annotations, check_lists
 from preprocess import check
-from run_class_finetuning import check_data
+from run_class_finetuning import data_lists
 
 
 def found(report) -> set[tuple[str, str, str]]:
@@ -145,11 +146,12 @@ def test_fine_tuning_stops_on_a_bad_list_naming_file_and_line(tmp_path):
                               eval=False, disable_eval_during_finetuning=False)
     with pytest.raises(SystemExit, match=r"(?s)test\.csv:1: error: label 7 is outside 0\.\.6.*train\.csv:2: error: "
                                          rf"{tmp_path}/b: no such file or folder"):
-        check_data(args)
+        training.check_data(data_lists(args), args.nb_classes, args.data_root)
     (tmp_path / "test.csv").write_text("a 6\n")
     with pytest.raises(SystemExit, match=r"train\.csv:2"):
-        check_data(args)
-    check_data(argparse.Namespace(**{**vars(args), "eval": True}))  # --eval reads test.csv only
+        training.check_data(data_lists(args), args.nb_classes, args.data_root)
+    evaluating = argparse.Namespace(**{**vars(args), "eval": True})
+    training.check_data(data_lists(evaluating), args.nb_classes, args.data_root)  # --eval reads test.csv only
 
 
 def test_list_level_problems(tmp_path):
