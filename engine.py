@@ -43,11 +43,12 @@ def new_meters(state: dict[str, list[float]] | None = None) -> dict[str, Average
     return meters
 
 
-def epoch_stats(meters: dict[str, AverageMeter], device: torch.device) -> dict[str, float]:
+def epoch_stats(meters: dict[str, AverageMeter]) -> dict[str, float]:
     """The epoch's averages over every step of every process (a collective), and the skipped steps (the same on
     every process: they agree on each step)."""
     names = [name for name in meters if name != "skipped_steps"]
-    totals = torch.tensor([[meters[n].sum, meters[n].count] for n in names], dtype=torch.float64, device=device)
+    totals = torch.tensor([[meters[n].sum, meters[n].count] for n in names], dtype=torch.float64,
+                          device=utils.collective_device())
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     stats = {name: float(total / count) if count else float("nan")
@@ -117,8 +118,8 @@ class StepAgreement:
     one-process run makes none.
     """
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self):
+        self.device = utils.collective_device()
         self.distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
     def before_forward(self, has_data: bool, bad_samples) -> bool:
@@ -172,7 +173,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     model.train()
     meters = meters or new_meters()
     scaler = precision.scaler
-    agreement = StepAgreement(device)
+    agreement = StepAgreement()
     optimizer.zero_grad()
     progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
                     initial=resume_step * update_freq, total=resume_step * update_freq + len(data_loader))
@@ -241,7 +242,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     log_writer.add_scalar(name, value, global_step)
         if on_step is not None and last_micro_step:
             on_step(step + 1, meters)
-    return epoch_stats(meters, device)
+    return epoch_stats(meters)
 
 
 def unpack_batch(batch, fields: int, bad_samples) -> tuple:
@@ -277,7 +278,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
         for clip_id, label, loss, row in zip(ids, targets.tolist(), losses.tolist(), ranked.tolist()):
             records.append((clip_id, label, loss, row))
     if bad_samples is not None:  # every process checks the limit here, at the same point
-        StepAgreement(device).before_forward(True, bad_samples)
+        StepAgreement().before_forward(True, bad_samples)
     # Gather every rank's clips and drop the duplicates a DistributedSampler pads with.
     unique = {}
     for rank_records in utils.all_gather_objects(records):

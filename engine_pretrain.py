@@ -106,7 +106,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     model.train()
     meters = meters or engine.new_meters()
     scaler = precision.scaler
-    agreement = engine.StepAgreement(device)
+    agreement = engine.StepAgreement()
     progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
                     initial=resume_step, total=resume_step + len(data_loader))
     for step, batch in enumerate(progress, resume_step):
@@ -147,4 +147,4 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     log_writer.add_scalar(("loss/" if name == "loss" else "opt/") + name, value, global_step)
         if on_step is not None:
             on_step(step + 1, meters)
-    return engine.epoch_stats(meters, device)
+    return engine.epoch_stats(meters)

@@ -73,6 +73,16 @@ def init_distributed(device: str, timeout_minutes: float = 30.0, local_rank: int
     return Process(rank, world_size, target)
 
 
+def collective_device() -> torch.device:
+    """Where the tensors of this process's collectives go: its current GPU when the process group's backend has no
+    CPU side (NCCL), else the CPU (gloo, or a mixed cpu:gloo,cuda:nccl group)."""
+    if torch.distributed.is_initialized():
+        backend = str(torch.distributed.get_backend())
+        if "cpu" not in backend and "gloo" not in backend and "mpi" not in backend:
+            return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def get_rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 

@@ -88,6 +88,9 @@ class CollectiveGuard:
 
     backend: str
     strict: bool = True
+    # A pretended run on the CPU: the device type that stands for the rank's GPU (tensors on it are the ones a real
+    # run would have there), e.g. "cpu" for `--device cpu` under a pretended "nccl".
+    stand_in: str | None = None
     calls: list[Call] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -97,7 +100,7 @@ class CollectiveGuard:
 
     # --- the checks -------------------------------------------------------------------------------------------
     def check(self, name: str, args: tuple, kwargs: dict, site: str) -> list[str]:
-        devices = supported_devices(self.backend)
+        devices = supported_devices(self.backend) | ({self.stand_in} if self.stand_in else set())
         problems = []
         tensors = list(_tensors((args, kwargs)))
         if name in TENSOR_COLLECTIVES:
@@ -201,9 +204,9 @@ class CollectiveGuard:
                 "violations": self.violations, "notes": self.notes}
 
 
-def install(backend: str, strict: bool = False) -> CollectiveGuard:
+def install(backend: str, strict: bool = False, stand_in: str | None = None) -> CollectiveGuard:
     """Guard this process's collectives from now on (never uninstalled); see the module docstring."""
-    return CollectiveGuard(backend, strict).install()
+    return CollectiveGuard(backend, strict, stand_in=stand_in).install()
 
 
 @contextmanager

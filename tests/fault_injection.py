@@ -53,6 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--report_dir", default="", help="write rank<R>.json and params-rank<R>.pt here")
     p.add_argument("--pretend_backend", default="any",
                    help="check every collective as if the group's backend were this (nccl, cpu:gloo,cuda:nccl)")
+    p.add_argument("--stand_in_device", default=None,
+                   help="with --pretend_backend: the device type standing for the rank's GPU (e.g. cpu for --device "
+                        "cpu): tensors on it are accepted")
     p.add_argument("--backend", default="", help="init_process_group uses this backend, whatever the script asks")
     p.add_argument("--single_process_group", default="", metavar="BACKEND",
                    help="without torchrun: make a 1-rank group of BACKEND first, so the script's collectives run")
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         patch_ddp(facts)
     if opts.backend:
         patch_backend(opts.backend)
-    guard = collective_guard.install(opts.pretend_backend, strict=False)
+    guard = collective_guard.install(opts.pretend_backend, strict=False, stand_in=opts.stand_in_device)
     own_group = False
     if opts.single_process_group and facts.world_size == 1:
         import torch

@@ -101,13 +101,11 @@ def test_fine_tuning_collectives_work_under_nccl(tmp_path):
     flags = ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
              "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
              "--epochs", "1", "--warmup_epochs", "0", "--batch_size", "2", "--output_dir", str(tmp_path / "out")]
-    result = launch("run_class_finetuning.py", flags, tmp_path, timeout=TIMEOUT, wrapper=["--pretend_backend", "nccl"])
+    result = launch("run_class_finetuning.py", flags, tmp_path, timeout=TIMEOUT, wrapper=["--pretend_backend", "nccl", "--stand_in_device", "cpu"])
     assert_no_collective_refused_by_nccl(result)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=CollectiveDeviceError, strict=True,
-                   reason="issue 12 item 1: engine_pretrain reduces the epoch meters with a CPU float64 all_reduce")
 def test_pretraining_collectives_work_under_nccl(tmp_path):
     """An epoch with its epoch-end meter reduction, then the checkpoint (gathered RNG states and unreadable-video
     logs)."""
@@ -117,5 +115,16 @@ def test_pretraining_collectives_work_under_nccl(tmp_path):
              "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "1", "--warmup_epochs", "0",
              "--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--save_recon", "0",
              "--output_dir", str(tmp_path / "out")]
-    result = launch("run_mae_pretraining.py", flags, tmp_path, timeout=TIMEOUT, wrapper=["--pretend_backend", "nccl"])
+    result = launch("run_mae_pretraining.py", flags, tmp_path, timeout=TIMEOUT, wrapper=["--pretend_backend", "nccl", "--stand_in_device", "cpu"])
     assert_no_collective_refused_by_nccl(result)
+
+
+@pytest.mark.parametrize(("backend", "expected"), [("nccl", "cuda:3"), ("gloo", "cpu"), ("cpu:gloo,cuda:nccl", "cpu"),
+                                                   ("mpi", "cpu")])
+def test_the_scripts_collective_tensors_go_where_the_backend_serves(one_rank_group, monkeypatch, backend, expected):
+    """The one rule the engines' tensor collectives follow (utils.collective_device): under NCCL the rank's GPU."""
+    import utils
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert utils.collective_device() == torch.device(expected)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from fault_injection import launch
 
-import utils
+import checkpoint as ckpt
 from demo_data import make_demo_dataset, make_demo_videos
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ def epoch_logs(out) -> list[dict]:
 
 def assert_ranks_in_sync(result, checkpoint) -> None:
     """Every rank ends with the checkpoint's parameters, issued the same collectives and applied as many steps."""
-    saved = utils.load_checkpoint(checkpoint)["model"]
+    saved = ckpt.load_checkpoint(checkpoint)["model"]
     ranks = [torch.load(result.report_dir / f"params-rank{r}.pt") for r in (0, 1)]
     for key, value in saved.items():
         assert torch.equal(ranks[0][key], value) and torch.equal(ranks[1][key], value), f"{key} differs"
@@ -112,7 +112,7 @@ def test_unreadable_training_clip_two_processes(clips_one_bad, tmp_path, batch):
     assert_finished(result)
     assert_ranks_in_sync(result, out / "checkpoint-0.pth")
     assert_steps_accounted(result, out, TRAIN_CLIPS // (2 * int(extra[1])))
-    (source,) = utils.load_checkpoint(out / "checkpoint-0.pth")["bad_samples"]
+    (source,) = ckpt.load_checkpoint(out / "checkpoint-0.pth")["bad_samples"]
     assert source.endswith("train.csv:1")
     warned = [line for output in result.outputs for line in output.splitlines() if "skipped unreadable" in line]
     assert warned and all("sample 1 " in line for line in warned), warned  # logged once per rank that met it
@@ -129,7 +129,7 @@ def test_unreadable_video_in_pretraining_two_processes(videos, tmp_path):
     assert_ranks_in_sync(result, out / "checkpoint-0.pth")
     (epoch,) = epoch_logs(out)
     assert math.isfinite(epoch["train_loss"])
-    assert list(utils.load_checkpoint(out / "checkpoint-0.pth")["bad_samples"]) == [f"{data / 'info_clean.csv'}:2"]
+    assert list(ckpt.load_checkpoint(out / "checkpoint-0.pth")["bad_samples"]) == [f"{data / 'info_clean.csv'}:2"]
 
 
 # --- (b) and (c): a NaN on one rank --------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_nan_on_one_rank_without_scaling_stops_every_rank(clips, videos, tmp_pat
     for rank, output in enumerate(result.outputs):
         assert re.search(r"step 2\b", output) and f"last good checkpoint: {last}" in output, (
             f"rank {rank} does not say why it stopped\n{result.tail()}")
-    assert utils.load_checkpoint(last)["step"] == 2
+    assert ckpt.load_checkpoint(last)["step"] == 2
 
 
 # --- (d): gradient accumulation -------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def accumulation_runs(clips, tmp_path_factory):
 
 
 def test_gradient_accumulation_equals_a_twice_larger_batch(accumulation_runs):
-    accumulated, large = (utils.load_checkpoint(accumulation_runs[n][1] / "checkpoint-0.pth")["model"]
+    accumulated, large = (ckpt.load_checkpoint(accumulation_runs[n][1] / "checkpoint-0.pth")["model"]
                           for n in ("accumulated", "large"))
     for name, (result, out) in accumulation_runs.items():
         assert result.reports[0]["optimizer_steps"] == TRAIN_CLIPS // 8, name
