@@ -15,6 +15,8 @@ from fault_injection import free_port, launch
 from demo_data import make_demo_dataset, make_demo_videos
 
 TIMEOUT = float(os.environ.get("FAULT_TEST_TIMEOUT", 240))
+# NCCL pretended on the CPU: `--device cpu` stands for the rank's GPU (utils.collective_device is checked apart).
+PRETEND_NCCL = ["--pretend_backend", "nccl", "--stand_in_device", "cpu"]
 
 
 @pytest.fixture
@@ -101,7 +103,7 @@ def test_fine_tuning_collectives_work_under_nccl(tmp_path):
     flags = ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
              "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
              "--epochs", "1", "--warmup_epochs", "0", "--batch_size", "2", "--output_dir", str(tmp_path / "out")]
-    result = launch("run_class_finetuning.py", flags, tmp_path, timeout=TIMEOUT, wrapper=["--pretend_backend", "nccl", "--stand_in_device", "cpu"])
+    result = launch("run_class_finetuning.py", flags, tmp_path, timeout=TIMEOUT, wrapper=PRETEND_NCCL)
     assert_no_collective_refused_by_nccl(result)
 
 
@@ -115,7 +117,7 @@ def test_pretraining_collectives_work_under_nccl(tmp_path):
              "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "1", "--warmup_epochs", "0",
              "--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--save_recon", "0",
              "--output_dir", str(tmp_path / "out")]
-    result = launch("run_mae_pretraining.py", flags, tmp_path, timeout=TIMEOUT, wrapper=["--pretend_backend", "nccl", "--stand_in_device", "cpu"])
+    result = launch("run_mae_pretraining.py", flags, tmp_path, timeout=TIMEOUT, wrapper=PRETEND_NCCL)
     assert_no_collective_refused_by_nccl(result)
 
 
