@@ -178,6 +178,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
                     initial=resume_step * update_freq, total=resume_step * update_freq + len(data_loader))
     skip = False  # this optimizer step met a non-finite loss under loss scaling
+    trained = False  # some micro-batch of this optimizer step had clips on every process
     steps_per_epoch = schedule.steps_per_epoch if schedule is not None else None
     for micro_step, batch in enumerate(progress, resume_step * update_freq):
         samples, targets = unpack_batch(batch, 2, bad_samples)
@@ -193,6 +194,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
         if mixup_fn is not None and len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one
             samples, targets = samples[:-1], targets[:-1]
         if agreement.before_forward(len(samples) > 0, bad_samples):
+            trained = True
             samples = samples.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             if mixup_fn is not None:
@@ -216,7 +218,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     loss = loss / update_freq
                     (scaler.scale(loss) if scaler is not None else loss).backward()
         if last_micro_step:
-            grad_norm = None if skip else optimizer_step(model, optimizer, scaler, max_norm)
+            grad_norm = optimizer_step(model, optimizer, scaler, max_norm) if trained and not skip else None
             if grad_norm is None:
                 meters["skipped_steps"].update(1)
             else:
@@ -224,7 +226,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     model_ema.update(model)
                 meters["grad_norm"].update(grad_norm)
             optimizer.zero_grad()
-            skip = False
+            skip = trained = False
 
         if math.isfinite(loss_value):
             meters["loss"].update(loss_value)

@@ -113,6 +113,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
         global_step = global_step_offset + step
         videos, mask = engine.unpack_batch(batch, 2, bad_samples)
         if not agreement.before_forward(len(videos) > 0, bad_samples):  # a process's videos were all unreadable
+            meters["skipped_steps"].update(1)
             if on_step is not None:
                 on_step(step + 1, meters)
             continue

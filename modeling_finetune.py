@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -184,6 +185,26 @@ class Block(nn.Module):
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
+@dataclass(frozen=True)
+class LGConfig:
+    """LGI-Former's options: the original's seven `lg_*` keyword arguments, under their own names, built once by the
+    model from its flat timm keyword arguments and handed down to every block."""
+
+    lg_region_size: tuple[int, int, int] = (2, 2, 10)  # (t, h, w) tokens per region
+    lg_first_attn_type: str = "self"  # local attention: all tokens of a region (self), or its region token (cross)
+    lg_third_attn_type: str = "cross"  # local tokens read the region tokens back (cross), or local self-attention
+    lg_attn_param_sharing_first_third: bool = False
+    lg_attn_param_sharing_all: bool = False
+    lg_no_second: bool = False
+    lg_no_third: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "lg_region_size", tuple(self.lg_region_size))
+        if {self.lg_first_attn_type, self.lg_third_attn_type} - {"self", "cross"}:
+            raise ValueError(f"lg attention types must be 'self' or 'cross', got {self.lg_first_attn_type!r}, "
+                             f"{self.lg_third_attn_type!r}")
+
+
 class LGBlock(nn.Module):
     """LGI-Former block on (B * regions, 1 + tokens per region, C); sequence position 0 is the region token.
 
@@ -195,31 +216,26 @@ class LGBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 norm_layer: type[nn.Module] = nn.LayerNorm, first_attn_type: str = "self",
-                 third_attn_type: str = "cross", attn_param_sharing_first_third: bool = False,
-                 attn_param_sharing_all: bool = False, no_second: bool = False, no_third: bool = False):
+                 norm_layer: type[nn.Module] = nn.LayerNorm, lg: LGConfig = LGConfig()):
         super().__init__()
-        if first_attn_type not in ("self", "cross") or third_attn_type not in ("self", "cross"):
-            raise ValueError(
-                f"lg attention types must be 'self' or 'cross', got {first_attn_type!r}, {third_attn_type!r}")
-        self.first_attn_type, self.third_attn_type = first_attn_type, third_attn_type
-        self.no_second, self.no_third = no_second, no_third
+        self.first_attn_type, self.third_attn_type = lg.lg_first_attn_type, lg.lg_third_attn_type
+        self.no_second, self.no_third = lg.lg_no_second, lg.lg_no_third
         attention = partial(GeneralAttention, dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
 
         # Attribute creation order is the original's, so that state_dict() lists keys in the same order.
         self.first_attn_norm0 = norm_layer(dim)
-        if first_attn_type == "cross":
+        if self.first_attn_type == "cross":
             self.first_attn_norm1 = norm_layer(dim)
         self.first_attn = attention()
-        if not no_second:
+        if not self.no_second:
             self.second_attn_norm0 = norm_layer(dim)
             # Shared modules are registered under both names, as in the original (duplicate state_dict keys).
-            self.second_attn = self.first_attn if attn_param_sharing_all else attention()
-        if not no_third:
+            self.second_attn = self.first_attn if lg.lg_attn_param_sharing_all else attention()
+        if not self.no_third:
             self.third_attn_norm0 = norm_layer(dim)
-            if third_attn_type == "cross":
+            if self.third_attn_type == "cross":
                 self.third_attn_norm1 = norm_layer(dim)
-            shared = attn_param_sharing_first_third or attn_param_sharing_all
+            shared = lg.lg_attn_param_sharing_first_third or lg.lg_attn_param_sharing_all
             self.third_attn = self.first_attn if shared else attention()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -254,9 +270,7 @@ class LGBlock(nn.Module):
 
 
 def build_blocks(attn_type: str, depth: int, drop_path_rate: float, init_values: float = 0.0, *,
-                 first_attn_type: str = "self", third_attn_type: str = "cross",
-                 attn_param_sharing_first_third: bool = False, attn_param_sharing_all: bool = False,
-                 no_second: bool = False, no_third: bool = False, **common) -> nn.ModuleList:
+                 lg: LGConfig = LGConfig(), **common) -> nn.ModuleList:
     """`depth` LGI-Former blocks ('local_global') or ViT blocks ('joint'), drop path rising linearly to the rate."""
     dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
     if attn_type == "joint":
@@ -264,10 +278,7 @@ def build_blocks(attn_type: str, depth: int, drop_path_rate: float, init_values:
     if init_values > 0:
         raise NotImplementedError("init_values > 0 (layer scale) is not supported by LGI-Former blocks")
     return nn.ModuleList([
-        LGBlock(**common, drop_path=dpr[i], first_attn_type=first_attn_type, third_attn_type=third_attn_type,
-                attn_param_sharing_first_third=attn_param_sharing_first_third,
-                attn_param_sharing_all=attn_param_sharing_all, no_second=no_second, no_third=no_third)
-        for i in range(depth)])
+        LGBlock(**common, drop_path=dpr[i], lg=lg) for i in range(depth)])
 
 
 class VisionTransformer(nn.Module):
@@ -304,6 +315,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"head_activation_func must be one of {list(HEAD_ACTIVATIONS)}, got {head_activation_func!r}")
 
+        lg = LGConfig(lg_region_size, lg_first_attn_type, lg_third_attn_type, lg_attn_param_sharing_first_third,
+                      lg_attn_param_sharing_all, lg_no_second, lg_no_third)
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.attn_type = attn_type
@@ -325,11 +338,9 @@ class VisionTransformer(nn.Module):
         self.blocks = build_blocks(
             attn_type, depth, drop_path_rate, init_values, dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_layer=norm_layer,
-            first_attn_type=lg_first_attn_type, third_attn_type=lg_third_attn_type,
-            attn_param_sharing_first_third=lg_attn_param_sharing_first_third,
-            attn_param_sharing_all=lg_attn_param_sharing_all, no_second=lg_no_second, no_third=lg_no_third)
+            lg=lg)
         if attn_type == "local_global":
-            self.lg_region_size = tuple(lg_region_size)
+            self.lg_region_size = lg.lg_region_size
             num_regions = math.prod(region_counts(self.grid_size, self.lg_region_size))
             self.lg_region_tokens = nn.Parameter(torch.zeros(num_regions, embed_dim))
             trunc_normal_(self.lg_region_tokens, std=0.02)

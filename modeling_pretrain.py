@@ -23,6 +23,7 @@ from torch import nn
 from layers import Linear
 from modeling_finetune import (
     Block,
+    LGConfig,
     PatchEmbed,
     build_blocks,
     get_sinusoid_encoding_table,
@@ -48,10 +49,7 @@ class PretrainVisionTransformerEncoder(nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_scale: float | None = None, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm_layer: type[nn.Module] = nn.LayerNorm, init_values: float = 0.0,
-                 tubelet_size: int = 2, num_frames: int = 16, attn_type: str = "joint",
-                 lg_region_size: Sequence[int] = (2, 2, 10), lg_first_attn_type: str = "self",
-                 lg_third_attn_type: str = "cross", lg_attn_param_sharing_first_third: bool = False,
-                 lg_attn_param_sharing_all: bool = False, lg_no_second: bool = False, lg_no_third: bool = False):
+                 tubelet_size: int = 2, num_frames: int = 16, attn_type: str = "joint", lg: LGConfig = LGConfig()):
         super().__init__()
         if attn_type not in ("joint", "local_global"):
             raise ValueError(f"attn_type must be 'joint' or 'local_global', got {attn_type!r}")
@@ -63,11 +61,9 @@ class PretrainVisionTransformerEncoder(nn.Module):
         self.blocks = build_blocks(
             attn_type, depth, drop_path_rate, init_values, dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_layer=norm_layer,
-            first_attn_type=lg_first_attn_type, third_attn_type=lg_third_attn_type,
-            attn_param_sharing_first_third=lg_attn_param_sharing_first_third,
-            attn_param_sharing_all=lg_attn_param_sharing_all, no_second=lg_no_second, no_third=lg_no_third)
+            lg=lg)
         if attn_type == "local_global":
-            self.lg_region_size = tuple(lg_region_size)
+            self.lg_region_size = lg.lg_region_size
             self.region_counts = region_counts(self.grid_size, self.lg_region_size)
         self.norm = norm_layer(embed_dim)
         self.apply(_init_xavier)
@@ -123,8 +119,9 @@ class PretrainVisionTransformerDecoder(nn.Module):
         super().__init__()
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
         self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i],
-                  init_values, norm_layer) for i in range(depth)])
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
+                  attn_drop=attn_drop_rate, drop_path=dpr[i], init_values=init_values, norm_layer=norm_layer)
+            for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_xavier)
@@ -158,14 +155,19 @@ class PretrainVisionTransformer(nn.Module):
             raise ValueError(f"decoder_num_classes {decoder_num_classes} must be in_chans * tubelet * patch**2: "
                              "one value per pixel of a tubelet")
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        lg = LGConfig(lg_region_size, lg_first_attn_type, lg_third_attn_type, lg_attn_param_sharing_first_third,
+                      lg_attn_param_sharing_all, lg_no_second, lg_no_third)
         self.encoder = PretrainVisionTransformerEncoder(
-            img_size, patch_size, encoder_in_chans, encoder_embed_dim, encoder_depth, encoder_num_heads, mlp_ratio,
-            qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, norm_layer, init_values, tubelet_size,
-            num_frames, attn_type, lg_region_size, lg_first_attn_type, lg_third_attn_type,
-            lg_attn_param_sharing_first_third, lg_attn_param_sharing_all, lg_no_second, lg_no_third)
+            img_size=img_size, patch_size=patch_size, in_chans=encoder_in_chans, embed_dim=encoder_embed_dim,
+            depth=encoder_depth, num_heads=encoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            norm_layer=norm_layer, init_values=init_values, tubelet_size=tubelet_size, num_frames=num_frames,
+            attn_type=attn_type, lg=lg)
         self.decoder = PretrainVisionTransformerDecoder(
-            decoder_num_classes, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, qkv_bias, qk_scale,
-            drop_rate, attn_drop_rate, drop_path_rate, norm_layer, init_values)
+            num_classes=decoder_num_classes, embed_dim=decoder_embed_dim, depth=decoder_depth,
+            num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
+            drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            norm_layer=norm_layer, init_values=init_values)
         # Kept at PyTorch's default init: the original defines xavier init here but never applies it.
         self.encoder_to_decoder = Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
         self.register_buffer("pos_embed", get_sinusoid_encoding_table(self.encoder.patch_embed.num_patches,

@@ -88,8 +88,8 @@ def assert_no_collective_refused_by_nccl(result) -> None:
     assert result.returncodes == [0, 0], result.tail()
     reports = [r["collectives"] for r in result.reports]
     assert all(r["calls"] for r in reports), "the guard saw no collective"
-    assert [[(c["name"], c["site"]) for c in r["calls"]] for r in reports].count(
-        [(c["name"], c["site"]) for c in reports[0]["calls"]]) == 2, "the ranks issued different collectives"
+    sequences = [[(c["name"], c["site"]) for c in r["calls"]] for r in reports]
+    assert sequences[0] == sequences[1], "the ranks issued different collectives"
     problems = [f"rank {rank}: {v}" for rank, r in enumerate(reports) for v in r["violations"]]
     if problems:
         raise CollectiveDeviceError("collectives NCCL would refuse:\n" + "\n".join(problems))
