@@ -150,6 +150,14 @@ class StepAgreement:
         return loss_value, None
 
 
+def sync_buffers(model: nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics), which DDP only does at the start of a forward:
+    after an epoch all processes then evaluate and test the model the checkpoint holds."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
+
+
 def non_finite_message(value: float, rank: int, epoch: int, step: int, global_step: int) -> str:
     where = f" on process {rank}" if torch.distributed.is_initialized() else ""
     return f"loss is {value}{where} at epoch {epoch}, step {step} (global step {global_step})"
@@ -244,6 +252,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     log_writer.add_scalar(name, value, global_step)
         if on_step is not None and last_micro_step:
             on_step(step + 1, meters)
+    sync_buffers(model)
     return epoch_stats(meters)
 
 
