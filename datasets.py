@@ -468,7 +468,8 @@ class Loader(torch.utils.data.DataLoader):
             except StopIteration:
                 return
             except RuntimeError as err:
-                if "shared memory" not in str(err) and "Bus error" not in str(err):
+                chain = [err, err.__cause__, err.__context__]  # torch chains the worker's signal to "exited"
+                if not any("shared memory" in str(e) or "Bus error" in str(e) for e in chain if e is not None):
                     raise
                 raise SharedMemoryError(
                     f"a data-loading worker was killed for lack of shared memory: /dev/shm is {shm_size()}, and "

@@ -516,3 +516,27 @@ def test_skip_bad_returns_the_unreadable_entry_instead_of_raising(tmp_path):
     test = ClipDataset([entry(tmp_path / "empty")], "test", skip_bad=True)  # a test clip is never skipped
     with pytest.raises(ValueError, match="no"):
         test[0]
+
+
+class _BusErrorInWorker(torch.utils.data.Dataset):
+    """Item 1 kills its worker with SIGBUS, as the kernel does when /dev/shm is full."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        if index == 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGBUS)
+        return torch.zeros(2)
+
+
+def test_a_worker_killed_for_lack_of_shared_memory_stops_saying_what_and_how_to_fix_it():
+    import argparse
+
+    args = argparse.Namespace(seed=0, num_workers=1, pin_mem=False)
+    loader = datasets.build_loader(_BusErrorInWorker(), args, 1, device=torch.device("cpu"), sequential=True)
+    with pytest.raises(datasets.SharedMemoryError, match=r"(?s)/dev/shm is \d+ MB.*--shm-size.*--num_workers"):
+        list(loader)

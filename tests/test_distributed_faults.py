@@ -207,3 +207,17 @@ def test_gradient_accumulation_all_reduces_once_per_optimizer_step(accumulation_
               for name, (result, _) in accumulation_runs.items()}
     assert counts["large"][0] > 0, counts
     assert counts["accumulated"] == counts["large"], f"gradient all-reduces per rank: {counts}"
+
+
+# --- every fusion trains under DDP without searching for unused parameters ---------------------------------------
+
+@pytest.mark.parametrize("fusion", ["none", "add", "cat", "pos"])
+def test_every_fusion_trains_under_ddp(clips, tmp_path, fusion):
+    """The parameters no forward reaches (cablock.fc, the pos branch's cls_token, head, to_Mask) are kept out of DDP,
+    so it runs without find_unused_parameters; both ranks end with the checkpoint's weights and BatchNorm statistics."""
+    out = tmp_path / "out"
+    result = run(tmp_path, "run_class_finetuning.py",
+                 finetune_flags(clips, out, "--fusion", fusion, "--batch_size", "2", "--disable_eval_during_finetuning"))
+    assert_finished(result)
+    assert_ranks_in_sync(result, out / "checkpoint-0.pth")
+    assert ckpt.load_checkpoint(out / "checkpoint-0.pth")["args"].fusion == fusion
