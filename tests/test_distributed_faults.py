@@ -216,8 +216,8 @@ def test_every_fusion_trains_under_ddp(clips, tmp_path, fusion):
     """The parameters no forward reaches (cablock.fc, the pos branch's cls_token, head, to_Mask) are kept out of DDP,
     so it runs without find_unused_parameters; both ranks end with the checkpoint's weights and BatchNorm statistics."""
     out = tmp_path / "out"
-    result = run(tmp_path, "run_class_finetuning.py",
-                 finetune_flags(clips, out, "--fusion", fusion, "--batch_size", "2", "--disable_eval_during_finetuning"))
+    flags = finetune_flags(clips, out, "--fusion", fusion, "--batch_size", "2", "--disable_eval_during_finetuning")
+    result = run(tmp_path, "run_class_finetuning.py", flags)
     assert_finished(result)
     assert_ranks_in_sync(result, out / "checkpoint-0.pth")
     assert ckpt.load_checkpoint(out / "checkpoint-0.pth")["args"].fusion == fusion
