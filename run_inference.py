@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -28,7 +29,7 @@ import timeline
 import utils
 from datasets import DATASETS, VIDEO_EXTENSIONS
 from engine_inference import VideoError, process_video
-from modeling_finetune import infer_fusion
+from modeling_finetune import LGConfig, infer_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ MODEL_FLAGS = ("model", "nb_classes", "data_set", "fusion", "depth", "input_size
 # For a checkpoint without stored arguments: the released scripts' configuration (finetune.md §2.1-2.2).
 SCRIPT_CONFIG = dict(model="vit_base_dim512_no_depth_patch16_160", depth=16, input_size=160, num_frames=16,
                      attn_type="local_global", lg_region_size=[2, 5, 10], lg_classify_token_type="region")
+# The rest of what rcf.create_model reads, for a model that is only evaluated (dropout off; weights from the file).
+EVAL_MODEL_DEFAULTS = dict(data_set=None, nb_classes=None, sampling_rate=None, fusion="none", tubelet_size=2,
+                           num_segments=1, drop=0.0, drop_path=0.0, attn_drop_rate=0.0, use_mean_pooling=True,
+                           init_scale=0.0, **asdict(LGConfig()))
 DEMO_VIDEO = Path("saved/data/demo_video/portrait.mp4")
 
 
@@ -83,12 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespace:
     """Fine-tuning arguments for `rcf.create_model`: the checkpoint's stored ones, else the flags and the scripts'
     configuration; a flag that contradicts the checkpoint is an error."""
-    cfg = rcf.get_args_parser().parse_args([])
     stored = checkpoint.get("args") if isinstance(checkpoint.get("args"), argparse.Namespace) else None
-    if stored is None:
-        vars(cfg).update(SCRIPT_CONFIG)
-    else:
-        vars(cfg).update(vars(stored))
+    cfg = argparse.Namespace(**{**EVAL_MODEL_DEFAULTS, **SCRIPT_CONFIG, **vars(stored or argparse.Namespace())})
     if stored is None or getattr(stored, "fusion", None) is None:
         cfg.fusion = infer_fusion(ckpt.select_state_dict(checkpoint))
     for name in MODEL_FLAGS:
