@@ -183,14 +183,18 @@ def final_test(args, model, data_loader, device, epoch, header: str | None, chec
 
 
 def check_data(args: argparse.Namespace) -> None:
-    """The fast data check (data_check.py) of the lists this run reads: a bad list stops it now, with file and line."""
+    """The fast data check (data_check.py) of the lists this run reads: a bad list stops it now, with file and line;
+    its warnings (e.g. data other than the released checkpoints were trained on) are logged."""
     names = ["test.csv"]
     if not args.eval:
         names += ["train.csv"] + ([] if args.disable_eval_during_finetuning else [DATASETS[args.data_set].val_file])
     try:
-        check_lists([Path(args.data_path) / name for name in dict.fromkeys(names)], args.nb_classes, args.data_root)
+        report = check_lists([Path(args.data_path) / name for name in dict.fromkeys(names)], args.nb_classes,
+                             args.data_root, data_set=args.data_set)
     except DataCheckError as err:
         raise SystemExit(str(err)) from None
+    for warning in report.warnings:
+        logging.warning("data check: %s", warning)
 
 
 def main(args: argparse.Namespace) -> torch.nn.Module:
