@@ -2,10 +2,10 @@
 
 Two depths share one code path. The fast check (`check_lists`, run at the start of fine-tuning and pretraining)
 parses every line, checks labels, duplicates, train/test overlap, fold partitions and that every path exists, and
-opens a few clips per list for the layout warnings (LAYOUTS: not the data the released checkpoints were trained
-on): it takes seconds. The full check (`check_annotations(..., deep=True)`, `python -m preprocess.check`) also
-opens every entry with the loader's own reader (`datasets._Frames`), counts frames, checks their order and, with
-`decode`, decodes every image or video frame.
+given a data_set opens a few clips per list for the layout warnings (LAYOUTS: not the data the released
+checkpoints were trained on): it takes seconds. The full check (`check_annotations(..., deep=True)`, `python -m
+preprocess.check`) also opens every entry with the loader's own reader (`datasets._Frames`), counts frames, checks
+their order and, with `decode`, decodes every image or video frame.
 """
 
 from __future__ import annotations
