@@ -1,10 +1,11 @@
 """Check annotation lists before training: every problem that would break or bias a run, with its file and line.
 
 Two depths share one code path. The fast check (`check_lists`, run at the start of fine-tuning and pretraining)
-parses every line, checks labels, duplicates, train/test overlap, fold partitions and that every path exists: it
-takes seconds. The full check (`check_annotations(..., deep=True)`, `python -m preprocess.check`) also opens every
-entry with the loader's own reader (`datasets.FrameSource`), counts frames, checks their order and, with `decode`,
-decodes every image or video frame.
+parses every line, checks labels, duplicates, train/test overlap, fold partitions and that every path exists, and
+given a data_set opens a few clips per list for the layout warnings (LAYOUTS: not the data the released
+checkpoints were trained on): it takes seconds. The full check (`check_annotations(..., deep=True)`, `python -m
+preprocess.check`) also opens every entry with the loader's own reader (`datasets.FrameSource`), counts frames, checks
+their order and, with `decode`, decodes every image or video frame.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import Annotation, FrameSource, parse_line, train_indices
+from datasets import DATASETS, Annotation, FrameSource, parse_line, train_indices
 
 ERROR, WARNING = "error", "warning"
 # Folders of cross-validation folds, as the originals name them (splitNN) and as DFEW/MAFW's official lists do.
@@ -72,6 +73,10 @@ class Report:
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
 
     def to_json(self) -> dict:
         """A JSON-serialisable form: per-file summaries, every problem, and the counts."""
@@ -229,6 +234,51 @@ def _inspect_star(args: tuple) -> ClipInfo:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The data the released checkpoints were trained on (data.md §1-3). Lists of other variants still train and
+# test, but do not give the papers' numbers: the authors' answer to most "I cannot reproduce" reports. Warnings.
+
+@dataclass(frozen=True)
+class Layout:
+    trained_on: str  # what the released checkpoints were trained on
+    frame_size: tuple[int, int] | None = None  # (width, height) of every distributed frame, where data.md has it
+
+
+LAYOUTS = {
+    "DFEW": Layout("DFEW's face frames as distributed: Clip/jpg_256 (the official jpg_224 folder, renamed), "
+                   "256x256, every frame of each clip", (256, 256)),
+    "FERV39k": Layout("FERV39k's face-cropped clips as distributed (2_ClipsforFaceCrop)"),
+    "MAFW": Layout("MAFW's face frames as distributed (data/frames, .png), not frames extracted from the videos"),
+}
+TIME_NORMALISED = 16  # frames per clip of the time-normalised variants (DFEW's clip_224x224_16f)
+NEARLY_ALL, MIN_CLIPS = 0.9, 10  # the 16-frame warning: this share of a list's clips, at least this many
+FAST_SAMPLE = 16  # clips per list that the fast check opens for the layout warnings (evenly spread)
+
+
+def _check_layout(csv: str, clips: list[tuple[Annotation, ClipInfo]], data_set: str, sampled: bool,
+                  problems: list[Problem]) -> None:
+    """Warn when a list's clips are not those the released checkpoints were trained on: nearly all of exactly 16
+    frames (a time-normalised variant), or frames of another size than the distributed ones."""
+    layout = LAYOUTS[data_set]
+    clips = [(entry, info) for entry, info in clips if info.frames is not None]
+    examined = f"{len(clips)} clips examined" + (" (a sample of the list)" if sampled else "")
+    sixteen = [entry for entry, info in clips if info.frames == TIME_NORMALISED]
+    if len(sixteen) >= MIN_CLIPS and len(sixteen) >= NEARLY_ALL * len(clips):
+        problems.append(Problem(WARNING, "variant", csv, f"{len(sixteen)} of {examined} have exactly "
+                                f"{TIME_NORMALISED} frames (e.g. {sixteen[0].path}): a time-normalised variant, "
+                                f"as DFEW's clip_224x224_16f? The released checkpoints were trained on "
+                                f"{layout.trained_on}"))
+    if layout.frame_size is not None:
+        other = [(entry, size) for entry, info in clips for size in info.sizes[:1] if size != layout.frame_size]
+        if other:
+            sizes = Counter(f"{w}x{h}" for _, (w, h) in other)
+            w, h = layout.frame_size
+            problems.append(Problem(WARNING, "frame_size", csv, f"frames of {', '.join(sizes)} in {len(other)} of "
+                                    f"{examined} (e.g. {other[0][0].path}), not the {w}x{h} of {data_set}'s "
+                                    f"distributed face frames: extracted or resized by yourself? The released "
+                                    f"checkpoints were trained on {layout.trained_on}"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Lists
 
 @dataclass
@@ -345,10 +395,11 @@ def _check_partition(folds: dict[Path, dict[str, dict[str, _Line]]], problems: l
 def check_annotations(csv_paths: Iterable[str | os.PathLike], nb_classes: int | None, data_root: str | None = None,
                       *, class_names: Sequence[str] | None = None, frame_ext: str = "jpg", num_frames: int = 16,
                       sampling_rate: int = 4, deep: bool = True, decode: bool = False, workers: int = 1,
-                      progress: bool = False) -> Report:
+                      progress: bool = False, data_set: str | None = None) -> Report:
     """Check annotation lists; nb_classes None accepts any integer label (unlabelled pretraining lists).
 
-    deep=False checks only what needs no file opening (lines, labels, duplicates, splits, existence of every path).
+    deep=False checks only what needs no file opening (lines, labels, duplicates, splits, existence of every path),
+    and for a data_set of LAYOUTS opens a few clips per list (FAST_SAMPLE) for the layout warnings.
     Each distinct path is inspected once, its problems reported at its first line.
     """
     problems: list[Problem] = []
@@ -391,13 +442,31 @@ def check_annotations(csv_paths: Iterable[str | os.PathLike], nb_classes: int | 
             if info.frames is not None:
                 files[csv].frames.append(info.frames)
             files[csv].sizes.update(info.sizes)
+    if data_set in LAYOUTS:
+        opened: dict[str, ClipInfo] = {}
+        for csv, rows in lists.items():
+            distinct = list({_key(row.entry): row.entry for row in rows}.items())
+            sampled = not deep and len(distinct) > FAST_SAMPLE
+            if sampled:  # the start of training: a few clips, evenly spread over the list
+                distinct = [distinct[i * len(distinct) // FAST_SAMPLE] for i in range(FAST_SAMPLE)]
+            examined = []
+            for key, entry in distinct:
+                if not deep and key not in opened:
+                    opened[key] = inspect_clip(entry, frame_ext, num_frames, sampling_rate, decode=False)
+                examined.append((entry, clips[key] if deep else opened[key]))
+            _check_layout(csv, examined, data_set, sampled, problems)
     return Report(class_names, files, problems)
 
 
-def check_lists(csv_paths: Iterable[str | os.PathLike], nb_classes: int | None,
-                data_root: str | None = None) -> Report:
-    """The fast check at the start of training: raises DataCheckError listing every error (file:line: what)."""
-    report = check_annotations(csv_paths, nb_classes, data_root, deep=False)
+def check_lists(csv_paths: Iterable[str | os.PathLike], nb_classes: int | None, data_root: str | None = None,
+                data_set: str | None = None) -> Report:
+    """The fast check at the start of training: raises DataCheckError listing every error (file:line: what).
+
+    With data_set, the report's warnings include the layout ones (LAYOUTS), from a few clips per list.
+    """
+    info = DATASETS.get(data_set) if data_set else None
+    report = check_annotations(csv_paths, nb_classes, data_root, deep=False, data_set=data_set,
+                               frame_ext=info.frame_ext if info else "jpg")
     errors = report.errors
     if errors:
         raise DataCheckError(f"{len(errors)} errors in the annotation lists (python -m preprocess.check for a full "

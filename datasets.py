@@ -351,9 +351,9 @@ class ClipDataset(torch.utils.data.Dataset):
             chunk, split = divmod(view, self.test_num_crop)
             return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, split
         entry = self.annotations[index]
-        seed = None if self.seed is None else np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)
+        seed = None if self.seed is None else (self.seed, self.epoch, index)
         try:
-            with nullcontext() if seed is None else seeded_rngs(int(seed[0])):
+            with nullcontext() if seed is None else seeded_rngs(seed):
                 return self._train_item(entry)
         except (OSError, ValueError) as err:
             if not self.skip_bad:

@@ -107,9 +107,9 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | BadSample:
-        seed = None if self.seed is None else np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)
+        seed = None if self.seed is None else (self.seed, self.epoch, index)
         try:
-            with nullcontext() if seed is None else seeded_rngs(int(seed[0])):
+            with nullcontext() if seed is None else seeded_rngs(seed):
                 return self._item(index)
         except (OSError, ValueError) as err:
             if not self.skip_bad:

@@ -214,8 +214,8 @@ def create_criterion(args: argparse.Namespace) -> tuple[Mixup | None, nn.Module]
 
 def main(args: argparse.Namespace) -> nn.Module:
     """Fine-tune (resuming what output_dir holds) and test, or only test with --eval; returns the model."""
-    run = training.prepare_run(args, lists=data_lists(args), nb_classes=args.nb_classes, evaluating=args.eval,
-                               make_demo_data=lambda: make_demo_data(args))
+    run = training.prepare_run(args, lists=data_lists(args), nb_classes=args.nb_classes, data_set=args.data_set,
+                               evaluating=args.eval, make_demo_data=lambda: make_demo_data(args))
     device, precision = run.device, run.precision()
     dataset_test = build_dataset(is_train=False, test_mode=True, args=args)[0]
     loader_test = datasets.build_loader(dataset_test, args, args.batch_size, device=device)

@@ -56,7 +56,8 @@ class Run:
 
 
 def prepare_run(args: argparse.Namespace, *, lists: Sequence[str | Path], nb_classes: int | None,
-                evaluating: bool = False, make_demo_data: Callable[[], None] | None = None) -> Run:
+                data_set: str | None = None, evaluating: bool = False,
+                make_demo_data: Callable[[], None] | None = None) -> Run:
     """Join torchrun's process group, set up logging (rank 0 speaks), precision and seeds; with --demo, make the demo
     data (rank 0, the others wait); refuse to overwrite a previous run; then the fast check of the data lists (a bad
     list stops the run now, naming file and line)."""
@@ -79,16 +80,20 @@ def prepare_run(args: argparse.Namespace, *, lists: Sequence[str | Path], nb_cla
     output_dir = Path(args.output_dir or ".")
     checkpoint.check_output_dir(output_dir, evaluating=evaluating, resuming=args.auto_resume or bool(args.resume))
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_data(lists, nb_classes, args.data_root)
+    check_data(lists, nb_classes, args.data_root, data_set=data_set)
     return Run(process, amp, output_dir)
 
 
-def check_data(lists: Sequence[str | Path], nb_classes: int | None, data_root: str | None) -> None:
-    """The fast data check (data_check.py) of the lists a run reads: a bad list stops it now, with file and line."""
+def check_data(lists: Sequence[str | Path], nb_classes: int | None, data_root: str | None,
+               data_set: str | None = None) -> None:
+    """The fast data check (data_check.py) of the lists a run reads: a bad list stops it now, with file and line;
+    its warnings (e.g. data other than the released checkpoints were trained on) are logged."""
     try:
-        check_lists(list(lists), nb_classes, data_root)
+        report = check_lists(list(lists), nb_classes, data_root, data_set=data_set)
     except DataCheckError as err:
         raise SystemExit(str(err)) from None
+    for warning in report.warnings:
+        logger.warning("data check: %s", warning)
 
 
 @contextmanager

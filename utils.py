@@ -150,15 +150,19 @@ def gather_rng_states() -> list[dict]:
 
 
 @contextmanager
-def seeded_rngs(seed: int):
-    """Run a block with torch (CPU), numpy and `random` seeded from `seed`, then put the caller's states back.
+def seeded_rngs(seed: int | tuple[int, ...]):
+    """Run a block with torch (CPU), numpy and `random` seeded from `seed` (e.g. (seed, epoch, index)), then put
+    the caller's states back.
 
-    A sample drawn inside depends on `seed` only: not on the worker that loads it, nor on what came before.
+    A sample drawn inside depends on `seed` only: not on the worker that loads it, nor on what came before. The
+    three streams are independent: each is seeded from its own child of numpy's SeedSequence (torch and numpy
+    seeded with one integer run the same MT19937 stream, so their draws would be the same raw numbers).
     """
+    torch_seq, numpy_seq, python_seq = np.random.SeedSequence(seed).spawn(3)
     saved = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    torch.default_generator.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    torch.default_generator.manual_seed(int(torch_seq.generate_state(1, np.uint64)[0]))
+    np.random.seed(numpy_seq.generate_state(4))
+    random.seed(int.from_bytes(python_seq.generate_state(4).tobytes(), "little"))
     try:
         yield
     finally:

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     report = check_annotations(
         args.csv, nb_classes, args.data_root, class_names=info.classes if info else None,
         frame_ext=args.frame_ext or (info.frame_ext if info else "jpg"), num_frames=args.num_frames,
-        sampling_rate=args.sampling_rate, decode=args.decode, workers=args.workers, progress=sys.stderr.isatty())
+        sampling_rate=args.sampling_rate, decode=args.decode, workers=args.workers, progress=sys.stderr.isatty(),
+        data_set=data_set)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.format())
     sys.exit(1 if report.errors else 0)
 

@@ -126,7 +126,7 @@ def finish(args: argparse.Namespace, written: list[Path], data_set: str | None, 
         written, len(info.classes) if info else None, str(absolute(args.root)) if args.relative else None,
         class_names=info.classes if info else None, frame_ext=info.frame_ext if info else "jpg",
         num_frames=args.num_frames, sampling_rate=args.sampling_rate, deep=deep, workers=args.workers,
-        progress=sys.stderr.isatty())
+        progress=sys.stderr.isatty(), data_set=data_set)
     print(report.format())
     if report.errors:
         sys.exit(1)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
+import cv2
+import numpy as np
 import pytest
 from test_preprocess import frames, write_video
 
+import run_class_finetuning as rcf
 import training
-from data_check import DataCheckError, check_annotations, check_lists
+from data_check import FAST_SAMPLE, DataCheckError, check_annotations, check_lists
 from preprocess import check
 from run_class_finetuning import data_lists
 
@@ -134,7 +138,8 @@ def test_check_command_exit_status_table_and_json(planted, capsys):
                     "--json", "--workers", "1"])
     assert done.value.code == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["errors"] == 8 and report["warnings"] == 2
+    assert report["errors"] == 8 and report["warnings"] == 3  # short, blank, and 8x8 frames for DFEW (256x256)
+    assert {p["kind"] for p in report["problems"] if p["severity"] == "warning"} == {"short", "blank", "frame_size"}
     assert {p["where"].rsplit("/", 1)[1] for p in report["problems"]} >= {"train.csv:2", "train.csv:10"}
 
 
@@ -164,3 +169,87 @@ def test_list_level_problems(tmp_path):
     assert {(p.severity, p.kind, p.where.rsplit("/", 1)[1]) for p in report.problems} == {
         ("warning", "format", "crlf.csv"), ("error", "malformed", "spaces.csv:2"), ("warning", "blank", "empty.csv:1"),
         ("error", "empty_list", "empty.csv"), ("error", "file", "gone.csv")}
+
+
+# --- data other than the released checkpoints were trained on (warnings only) -----------------------------------
+
+def sized_frames(folder, n: int, size: int, ext: str = "jpg"):
+    folder.mkdir(parents=True, exist_ok=True)
+    encoded = cv2.imencode(f".{ext}", np.full((size, size, 3), 100, np.uint8))[1].tobytes()
+    for i in range(n):
+        (folder / f"{i:05d}.{ext}").write_bytes(encoded)
+
+
+def dfew_fold(root, counts: list[int], size: int, split: str = "split01") -> list:
+    """A DFEW fold (train.csv, val.csv = test.csv) of clips with these frame counts, frames size x size."""
+    fold = root / split
+    fold.mkdir(parents=True)
+    lines = []
+    for i, n in enumerate(counts):
+        sized_frames(root / "Clip" / f"{i + 1:05d}", n, size)
+        lines.append(f"Clip/{i + 1:05d} {i % 7}\n")
+    half = len(lines) // 2
+    (fold / "train.csv").write_text("".join(lines[:half]))
+    (fold / "test.csv").write_text("".join(lines[half:]))
+    (fold / "val.csv").write_text("".join(lines[half:]))
+    return [fold / "train.csv", fold / "test.csv"]
+
+
+def layout_warnings(report) -> dict[tuple[str, str], str]:
+    assert not report.errors and all(p.severity == "warning" for p in report.problems)
+    return {(p.kind, p.where.rsplit("/", 1)[1]): p.message for p in report.problems
+            if p.kind in ("variant", "frame_size")}
+
+
+def test_time_normalised_16_frame_clips_and_another_frame_size_are_warned_about(tmp_path):
+    csvs = dfew_fold(tmp_path, [16] * 21 + [40], 64)  # nearly all 16 frames (the clip_224x224_16f variant), 64 px
+    report = check_annotations(csvs, 7, str(tmp_path), data_set="DFEW", sampling_rate=1)
+    warned = layout_warnings(report)
+    assert set(warned) == {("variant", "train.csv"), ("variant", "test.csv"), ("frame_size", "train.csv"),
+                           ("frame_size", "test.csv")}
+    trained_on = ("The released checkpoints were trained on DFEW's face frames as distributed: Clip/jpg_256 (the "
+                  "official jpg_224 folder, renamed), 256x256, every frame of each clip")
+    assert warned[("variant", "train.csv")] == (
+        f"11 of 11 clips examined have exactly 16 frames (e.g. {tmp_path}/Clip/00001): a time-normalised variant, "
+        f"as DFEW's clip_224x224_16f? {trained_on}")
+    assert warned[("variant", "test.csv")].startswith("10 of 11 clips examined have exactly 16 frames")
+    assert warned[("frame_size", "test.csv")] == (
+        f"frames of 64x64 in 11 of 11 clips examined (e.g. {tmp_path}/Clip/00012), not the 256x256 of DFEW's "
+        f"distributed face frames: extracted or resized by yourself? {trained_on}")
+    assert "FAILED" not in report.format() and "OK: 0 errors, 4 warnings" in report.format()
+
+
+def test_the_distributed_layout_and_other_datasets_raise_no_layout_warning(tmp_path):
+    counts = [16 if i % 3 else 30 + i for i in range(24)]  # 2/3 of the clips with 16 frames: not "nearly all"
+    csvs = dfew_fold(tmp_path / "dfew", counts, 256)
+    assert layout_warnings(check_annotations(csvs, 7, str(tmp_path / "dfew"), data_set="DFEW")) == {}
+    csvs = dfew_fold(tmp_path / "demo", [16] * 22, 64)  # the demo's 16-frame clips: no distributed layout to compare
+    assert layout_warnings(check_annotations(csvs, 7, str(tmp_path / "demo"), data_set="DEMO")) == {}
+    few = dfew_fold(tmp_path / "few", [16] * 8, 64)  # fewer clips than the 16-frame warning needs
+    assert set(layout_warnings(check_annotations(few, 7, str(tmp_path / "few"), data_set="DFEW"))) == {
+        ("frame_size", "train.csv"), ("frame_size", "test.csv")}
+
+
+def test_the_fast_check_samples_a_few_clips_per_list_for_them(tmp_path):
+    csvs = dfew_fold(tmp_path, [16] * 400, 64)
+    start = time.perf_counter()
+    warned = layout_warnings(check_lists(csvs, 7, str(tmp_path), data_set="DFEW"))
+    assert time.perf_counter() - start < 10
+    assert warned[("variant", "train.csv")].startswith(
+        f"{FAST_SAMPLE} of {FAST_SAMPLE} clips examined (a sample of the list) have exactly 16 frames")
+    assert ("frame_size", "test.csv") in warned
+
+
+def test_fine_tuning_start_up_names_the_layout_warnings(tmp_path, caplog):
+    dfew_fold(tmp_path, [16] * 24, 32)
+    argv = ["--data_set", "DFEW", "--nb_classes", "7", "--data_path", str(tmp_path / "split01"), "--data_root",
+            str(tmp_path), "--output_dir", str(tmp_path / "out"), "--model", "vit_tiny_dim128_no_depth_patch16_64",
+            "--depth", "1", "--input_size", "32", "--short_side_size", "32", "--lg_region_size", "2", "1", "2",
+            "--lg_classify_token_type", "region", "--sampling_rate", "1", "--test_num_segment", "2",
+            "--test_num_crop", "2", "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--eval"]
+    with caplog.at_level("WARNING"):
+        rcf.main(rcf.get_args_parser().parse_args(argv))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data check: ")]
+    assert any("test.csv: warning: 12 of 12 clips examined have exactly 16 frames" in m for m in lines), lines
+    assert any("test.csv: warning: frames of 32x32 in 12 of 12 clips examined" in m for m in lines), lines
+    assert (tmp_path / "out" / "metrics.json").is_file()  # warnings only: the run goes on

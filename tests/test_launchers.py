@@ -132,3 +132,40 @@ def test_the_ca_variants_build_the_models_of_the_ca_logs(tmp_path):
         model = rcf.create_model(rcf.get_args_parser().parse_args(launcher_command_line(tmp_path, variables)))
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n_parameters, variant
         del model
+
+
+@pytest.mark.slow
+def test_the_readme_commands_evaluate_released_checkpoints(tmp_path):
+    """README, Released checkpoints: `FINETUNE= bash <launcher> [--folds k] --eval --resume CKPT` tests the file in
+    the recipe's configuration; a CA-fork checkpoint (no fusion recorded) with the variant's variable."""
+    import argparse
+
+    import torch
+
+    import run_class_finetuning as rcf
+
+    data = tmp_path / "data"
+    fake_dataset(data, 7, "jpg", ("train.csv", "val.csv", "test.csv"))
+    env = {**os.environ, "NPROC_PER_NODE": "1", "FINETUNE": "", "OUTPUT_ROOT": str(tmp_path / "out"),
+           "DATA_ROOT": str(data), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    shrink = ["--data_path", str(data), "--depth", "1", "--batch_size", "2", "--num_workers", "0", "--device", "cpu"]
+    # the DFEW launcher passes no --fusion (read off the weights); the FERV39k one passes the variant's
+    for data_set, fusion, variables, found in (("DFEW", "none", {}, "read off"),
+                                               ("FERV39k", "cat", {"FUSION": "cat"}, "as given, agrees with")):
+        script = LAUNCHERS[data_set][0]
+        argv = ["--model", "vit_base_dim512_no_depth_patch16_160", "--nb_classes", "7", "--input_size", "160",
+                "--lg_region_size", "2", "5", "10", "--lg_classify_token_type", "region", "--depth", "1",
+                "--fusion", fusion]
+        model = rcf.create_model(rcf.get_args_parser().parse_args(argv))
+        checkpoint = tmp_path / data_set / "checkpoint-99.pth"  # as the authors' (a Namespace without --fusion)
+        checkpoint.parent.mkdir()
+        torch.save({"model": model.state_dict(), "epoch": 99, "args": argparse.Namespace(data_set=data_set)},
+                   checkpoint)
+        folds = ["--folds", "1"] if data_set == "DFEW" else []
+        run = subprocess.run(["bash", str(ROOT / script), *folds, "--eval", "--resume", str(checkpoint), *shrink],
+                             env={**env, **variables}, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert f"--fusion {fusion}: {found} the weights of {checkpoint}" in run.stdout + run.stderr
+        (metrics_file,) = (tmp_path / "out" / data_set.lower()).rglob("metrics.json")
+        metrics = json.loads(metrics_file.read_text())
+        assert metrics["num_clips"] == 7 and metrics["checkpoint"] == str(checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 
 import numpy as np
 import pytest
@@ -137,8 +138,6 @@ def training_state(tmp_path):
 
 
 def test_rng_states_survive_a_checkpoint_file(tmp_path):
-    import random
-
     state = utils.rng_state()
     first = (torch.rand(4), np.random.rand(4), random.random())
     ckpt.save_checkpoint_atomic({"rng": [state]}, tmp_path / "c.pth")
@@ -234,3 +233,22 @@ def test_both_local_rank_spellings_are_accepted_and_local_rank_in_the_environmen
     monkeypatch.setenv("LOCAL_RANK", "0")  # torch.distributed.launch and torchrun set it: it is the one used
     utils.init_distributed_mode(args)
     assert args.gpu == 0
+
+
+def test_seeded_rngs_gives_torch_numpy_and_python_independent_streams():
+    # Seeded with one integer, torch and numpy run the same MT19937 stream: torch's raw 31-bit draws reappear in
+    # numpy's (torch takes every other word). Under seeded_rngs they share none.
+    torch.manual_seed(7)
+    np.random.seed(7)
+    assert set(torch.randint(0, 2**31, (8,)).tolist()) <= set(np.random.randint(0, 2**31, 16).tolist())
+    for seed in (7, (0, 3, 12), (5, 0, 0)):
+        with utils.seeded_rngs(seed):
+            drawn = torch.randint(0, 2**31, (64,)).tolist(), np.random.randint(0, 2**31, 128).tolist(), \
+                [random.getrandbits(31) for _ in range(128)]
+        assert not set(drawn[0]) & set(drawn[1]) and not set(drawn[0]) & set(drawn[2])
+        assert not set(drawn[1]) & set(drawn[2])
+    with utils.seeded_rngs((0, 3, 12)):  # (seed, epoch, index): a clip's draws are its own
+        a = torch.rand(3)
+    with utils.seeded_rngs((0, 3, 13)):
+        b = torch.rand(3)
+    assert not torch.equal(a, b)
