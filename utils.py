@@ -53,6 +53,12 @@ class Process:
         return self.world_size > 1
 
 
+def find_local_rank(flag: int = -1) -> int:
+    """This process's GPU on its node: LOCAL_RANK (torchrun and torch.distributed.launch set it), else the
+    --local_rank / --local-rank flag (torch.distributed.launch without --use-env), else 0."""
+    return int(os.environ.get("LOCAL_RANK", max(flag, 0)))
+
+
 def init_distributed(device: str, timeout_minutes: float = 30.0, local_rank: int = -1) -> Process:
     """Join torchrun's process group when launched by it (NCCL on CUDA, gloo on the CPU); else one process.
 
@@ -62,8 +68,7 @@ def init_distributed(device: str, timeout_minutes: float = 30.0, local_rank: int
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     target = torch.device(device)
     if target.type == "cuda":
-        target = torch.device("cuda", target.index if target.index is not None
-                              else int(os.environ.get("LOCAL_RANK", max(local_rank, 0))))
+        target = torch.device("cuda", target.index if target.index is not None else find_local_rank(local_rank))
         torch.cuda.set_device(target)
     if world_size > 1:
         torch.distributed.init_process_group(backend="nccl" if target.type == "cuda" else "gloo",

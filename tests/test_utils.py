@@ -228,11 +228,9 @@ def test_both_local_rank_spellings_are_accepted_and_local_rank_in_the_environmen
     assert args.local_rank == 1
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    utils.init_distributed_mode(args)
-    assert args.gpu == 1 and not args.distributed
+    assert utils.find_local_rank(args.local_rank) == 1 and not utils.init_distributed("cpu").distributed
     monkeypatch.setenv("LOCAL_RANK", "0")  # torch.distributed.launch and torchrun set it: it is the one used
-    utils.init_distributed_mode(args)
-    assert args.gpu == 0
+    assert utils.find_local_rank(args.local_rank) == 0
 
 
 def test_seeded_rngs_gives_torch_numpy_and_python_independent_streams():
