@@ -21,6 +21,7 @@ from tqdm import tqdm
 import engine
 import utils
 from engine import NonFiniteLossError
+from modeling_pretrain import gather_tokens, split_tokens
 
 PATCHES = "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c"
 VIDEO = "b (t h w) (p0 p1 p2) c -> b c (t p0) (h p1) (w p2)"
@@ -28,7 +29,8 @@ VIDEO = "b (t h w) (p0 p1 p2) c -> b c (t p0) (h p1) (w p2)"
 
 @torch.no_grad()
 def reconstruction_targets(videos: torch.Tensor, mask: torch.Tensor, patch_size: int = 16, tubelet_size: int = 2,
-                           normalize_target: bool = True, frame_diff_group_size: int | None = None) -> torch.Tensor:
+                           normalize_target: bool = True, frame_diff_group_size: int | None = None,
+                           num_visible: int | None = None) -> torch.Tensor:
     """Targets (B, N_masked, tubelet*patch*patch*C) of the masked tokens, in (p0, p1, p2, c) order, c fastest.
 
     videos: ImageNet-normalised clips (B, C, T, H, W); mask: (B, N) with True = masked.
@@ -49,7 +51,9 @@ def reconstruction_targets(videos: torch.Tensor, mask: torch.Tensor, patch_size:
         diffs[:, :, ::frame_diff_group_size] = frames[:, :, ::frame_diff_group_size]
         patches = rearrange(diffs, PATCHES, **sizes)
     targets = patches.flatten(2)
-    return targets[mask].reshape(videos.shape[0], -1, targets.shape[-1])
+    if num_visible is None:  # boolean indexing: a host sync, but any mask (e.g. a picture's)
+        return targets[mask].reshape(videos.shape[0], -1, targets.shape[-1])
+    return gather_tokens(targets, split_tokens(mask, num_visible)[1])
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor,
@@ -72,12 +76,20 @@ class Objective:
     frame_diff_group_size: int | None = None  # None: pixels only
     target_diff_weight: float | None = None
 
-    def targets(self, videos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def targets(self, videos: torch.Tensor, mask: torch.Tensor, num_visible: int | None = None) -> torch.Tensor:
         return reconstruction_targets(videos, mask, self.patch_size, self.tubelet_size, self.normalize_target,
-                                      self.frame_diff_group_size)
+                                      self.frame_diff_group_size, num_visible)
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return reconstruction_loss(pred, target, self.target_diff_weight)
+
+
+def visible_count(mask: torch.Tensor) -> int:
+    """The visible tokens per clip of a (CPU) batch of masks, which must all leave the same number."""
+    counts = set((~mask.flatten(1).bool()).sum(1).tolist())
+    if len(counts) != 1:
+        raise ValueError(f"the masks of a batch leave different numbers of visible tokens: {sorted(counts)}")
+    return counts.pop()
 
 
 def split_samples(videos: torch.Tensor, mask: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,11 +130,12 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                 on_step(step + 1, meters)
             continue
         engine.apply_schedules(optimizer, global_step, schedule)
+        num_visible = visible_count(mask)  # on the host, from the loader's mask: the device waits for nothing
         videos, mask = split_samples(videos.to(device, non_blocking=True), mask.to(device, non_blocking=True),
                                      num_samples)
-        target = objective.targets(videos, mask)
+        target = objective.targets(videos, mask, num_visible)
         with precision.autocast(device):
-            loss = objective.loss(model(videos, mask), target)
+            loss = objective.loss(model(videos, mask, num_visible), target)
         loss_value = loss.item()
         bad_value, bad_rank = agreement.after_forward(loss_value)
         if bad_rank is not None:

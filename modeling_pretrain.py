@@ -42,6 +42,24 @@ def _init_xavier(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+def split_tokens(mask: torch.Tensor, num_visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) bool mask (True = masked) -> the indices of each clip's visible and of its masked tokens, each in token
+    order: what `x[~mask]` and `x[mask]` pick, as gathers. Given `num_visible` (every clip the same, as the masks
+    are drawn) no value goes back to the host, so a training step waits for nothing."""
+    if num_visible is None:
+        counts = (~mask).sum(1).tolist()
+        if len(set(counts)) > 1:
+            raise ValueError(f"every clip's mask must leave as many tokens visible, got {counts}")
+        num_visible = counts[0]
+    order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # visible first; each part in token order
+    return order[:, :num_visible], order[:, num_visible:]
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) tokens at (B, K) indices -> (B, K, C)."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class PretrainVisionTransformerEncoder(nn.Module):
     """Patch embedding + fixed positions + LGI-Former (or joint) blocks on the visible tokens + final norm."""
 
@@ -72,12 +90,12 @@ class PretrainVisionTransformerEncoder(nn.Module):
             self.lg_region_tokens = nn.Parameter(torch.zeros(num_regions, embed_dim))
             trunc_normal_(self.lg_region_tokens, std=0.02, a=-0.02, b=0.02)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Visible tokens (B, N_vis, C) after the blocks and the norm; with LGI blocks in region-major order."""
+    def forward(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Visible tokens (B, N_vis, C) after the blocks and the norm (`visible`: their indices, `split_tokens`); with
+        LGI blocks in region-major order."""
         batch_size = x.shape[0]
         x = self.patch_embed(x)
-        x = x + self.pos_embed.to(x.dtype)
-        x = x[~mask].reshape(batch_size, -1, x.shape[-1])
+        x = gather_tokens(x + self.pos_embed.to(x.dtype), visible)
         if self.attn_type == "joint":
             for blk in self.blocks:
                 x = blk(x)
@@ -183,21 +201,23 @@ class PretrainVisionTransformer(nn.Module):
         # Exact names, as the original matches them: `encoder.lg_region_tokens` is NOT exempt here.
         return {"pos_embed", "cls_token", "mask_token", "lg_region_tokens"}
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, num_visible: int | None = None) -> torch.Tensor:
+        """Predictions of the masked tokens; `num_visible` (the mask generator's count) spares a host sync."""
         batch_size = x.shape[0]
-        mask = mask.flatten(1).to(torch.bool)
-        if self.encoder.attn_type == "local_global" and not self._warned_mask:
-            self._warn_if_regions_mixed(mask)
-        x_vis = self.encoder_to_decoder(self.encoder(x, mask))
+        visible, masked = split_tokens(mask.flatten(1).to(torch.bool), num_visible)
+        x_vis = self.encoder_to_decoder(self.encoder(x, visible))
         pos = self.pos_embed.to(dtype=x_vis.dtype).expand(batch_size, -1, -1)
         # Positions in original token order while x_vis is region-major: the original's pairing, reproduced.
-        pos_vis = pos[~mask].reshape(batch_size, -1, pos.shape[-1])
-        pos_mask = pos[mask].reshape(batch_size, -1, pos.shape[-1])
-        x_full = torch.cat((x_vis + pos_vis, self.mask_token + pos_mask), dim=1)
+        pos_mask = gather_tokens(pos, masked)
+        x_full = torch.cat((x_vis + gather_tokens(pos, visible), self.mask_token + pos_mask), dim=1)
         return self.decoder(x_full, pos_mask.shape[1])
 
-    def _warn_if_regions_mixed(self, mask: torch.Tensor) -> None:
-        """Warn once when visible tokens do not fall evenly into the LGI regions (e.g. a plain tube mask)."""
+    def check_mask(self, mask: torch.Tensor) -> None:
+        """Warn (once) when a mask's visible tokens do not fall evenly into the LGI regions (e.g. a plain tube mask):
+        call it where masks are made, not in every step."""
+        if self.encoder.attn_type != "local_global" or self._warned_mask:
+            return
+        mask = mask.flatten(1).to(torch.bool)
         t, h, w = self.encoder.grid_size
         rt, rh, rw = self.encoder.lg_region_size
         visible = rearrange(~mask, "b (nt rt nh rh nw rw) -> b (nt nh nw) (rt rh rw)", rt=rt, rh=rh, rw=rw,
@@ -205,7 +225,7 @@ class PretrainVisionTransformer(nn.Module):
         if (visible != visible[:, :1]).any():
             warnings.warn("the mask leaves different numbers of visible tokens in the LGI regions: the encoder "
                           "groups them by position in the visible list, as the original does (use "
-                          "--mask_type part_window for regions that hold their own tokens)", stacklevel=3)
+                          "--mask_type part_window for regions that hold their own tokens)", stacklevel=2)
             self._warned_mask = True
 
 

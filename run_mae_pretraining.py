@@ -139,6 +139,8 @@ def main(args: argparse.Namespace) -> None:
         frame_diff_group_size=args.frame_diff_group_size if args.use_frame_diff_as_target else None,
         target_diff_weight=args.target_diff_weight)
     logging.info("%s; %d videos in %s", dataset.mask_generator, len(dataset), args.data_path)
+    with utils.seeded_rngs(args.seed):  # the masks' fit to the LGI regions, once (the RNGs put back)
+        model.check_mask(torch.stack([torch.as_tensor(dataset.mask_generator()) for _ in range(8)]))
     loader = datasets.build_loader(dataset, args, args.batch_size, train=True, device=device)
     model.to(device)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
