@@ -332,12 +332,14 @@ def part_pretrain_step(part: Part) -> None:
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
     grid = model.encoder.grid_size
     masks = TubeWindowMaskingGenerator(grid, cfg["mask_ratio"], cfg["window"])
-    mask = torch.stack([torch.from_numpy(masks()) for _ in range(cfg["batch"])]).bool().to(device)
+    mask = torch.stack([torch.from_numpy(masks()) for _ in range(cfg["batch"])]).bool()
+    num_visible = int((~mask[0]).sum())  # counted on the host, as the training loop does: no sync in the step
+    mask = mask.to(device)
     x = torch.randn(cfg["batch"], 3, cfg["frames"], cfg["img"], cfg["img"], device=device)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            pred = model(x, mask)
+            pred = model(x, mask, num_visible)
         F.mse_loss(pred.float(), torch.zeros_like(pred, dtype=torch.float32)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
