@@ -101,6 +101,13 @@ def pack_draw(draw: ClipDraw, num_layers: int, max_boxes: int) -> dict[str, torc
             "flip": torch.tensor(draw.flip), "erase": erase, "noise_seed": torch.tensor(draw.noise_seed)}
 
 
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on `device`; to CUDA through pinned memory, without waiting for the device."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _lut(x: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
     """x (R, ...) uint8 through per-row (R, 256) uint8 tables."""
     flat = x.reshape(x.shape[0], 1, -1)
@@ -146,13 +153,13 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 def _smooth(x: torch.Tensor) -> torch.Tensor:
     """PIL's ImageFilter.SMOOTH of planes x (..., H, W) uint8 as float32: its float sums, rounding, copied edges."""
     f = x.float()
-    k = torch.tensor([1 / 13, 5 / 13], dtype=torch.float32, device=x.device)
+    side, centre = float(np.float32(1 / 13)), float(np.float32(5 / 13))  # PIL's float32 kernel
 
-    def row(r: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        return r[..., :-2] * k[0] + r[..., 1:-1] * centre + r[..., 2:] * k[0]
+    def row(r: torch.Tensor, middle: float) -> torch.Tensor:
+        return r[..., :-2] * side + r[..., 1:-1] * middle + r[..., 2:] * side
 
-    ss = (0.5 + row(f[..., 2:, :], k[0])) + row(f[..., 1:-1, :], k[1])
-    ss = (ss + row(f[..., :-2, :], k[0])).clamp_(0, 255).trunc_()
+    ss = (0.5 + row(f[..., 2:, :], side)) + row(f[..., 1:-1, :], centre)
+    ss = (ss + row(f[..., :-2, :], side)).clamp_(0, 255).trunc_()
     out = f.clone()
     out[..., 1:-1, 1:-1] = ss
     return out
@@ -161,9 +168,10 @@ def _smooth(x: torch.Tensor) -> torch.Tensor:
 class DeviceAugment:
     """The worker path's training augmentation (`datasets.ClipDataset`) for a batch of uint8 clips and their records.
 
-    Call with frames (B, T, H, W, 3) uint8 on any device and the collated records (`pack_draw`; on the CPU, as the
-    loader gives them: the grouping by op reads them without device syncs). Returns (B, 3, T, S, S) float32,
-    ImageNet-normalised, S = input_size.
+    Call with frames (B, T, H, W, 3) uint8 on any device and the collated records (`pack_draw`) left on the CPU,
+    as the loader gives them: the grouping by op reads them there, and what the device needs goes to it through
+    pinned memory, so the call does not wait for the device. Returns (B, 3, T, S, S) float32, ImageNet-normalised,
+    S = input_size.
     """
 
     def __init__(self, rand_augment: VideoRandAugment | None, input_size: int, erase_mode: str = "pixel"):
@@ -186,7 +194,7 @@ class DeviceAugment:
                 if k < 0:
                     continue
                 clips = (key == k).nonzero()[:, 0]
-                index = clips.to(x.device)
+                index = _to(clips, x.device)
                 out = self._apply(self.ops[k // 8], x.index_select(0, index), params["arg"][clips, layer].tolist(),
                                   k % 8)
                 x.index_copy_(0, index, out)
@@ -214,8 +222,8 @@ class DeviceAugment:
         if op.name in _POINTWISE_OPS:
             # The op's own output on all 256 levels is its lookup table, as in the worker path.
             luts = [np.asarray(op.aug_fn(_LEVELS, *self._level_args(op, a), **op.kwargs))[0, :, 0] for a in args]
-            return _lut(x, torch.from_numpy(np.stack(luts)).to(x.device))
-        factor = torch.tensor(args, dtype=torch.float32, device=x.device).view(n, 1, 1, 1, 1)
+            return _lut(x, _to(torch.from_numpy(np.stack(luts)), x.device))
+        factor = _to(torch.tensor(args, dtype=torch.float32), x.device).view(n, 1, 1, 1, 1)
         if op.name.startswith("Color"):
             degenerate = _luma(x)[:, None].float()
         elif op.name.startswith("Contrast"):
@@ -238,13 +246,13 @@ class DeviceAugment:
         batch, chan, frames = x.shape[:3]
         size = self.input_size
         out = torch.empty((batch, chan, frames, size, size), device=x.device)
-        scale = (1 / (255 * self.std)).to(x.device)[:, None, None, None]
+        scale = _to(1 / (255 * self.std), x.device)[:, None, None, None]
         for b, ((top, left, h, w), mirrored) in enumerate(zip(crop.tolist(), flip.tolist())):
             planes = x[b, :, :, top:top + h, left:left + w].float().view(1, chan * frames, h, w)
             resized = F.interpolate(planes, size=(size, size), mode="bilinear", align_corners=False)
             resized = resized.view(chan, frames, size, size)
             torch.mul(resized.flip(-1) if mirrored else resized, scale, out=out[b])
-        return out.sub_((self.mean / self.std).to(x.device)[:, None, None, None])
+        return out.sub_(_to(self.mean / self.std, x.device)[:, None, None, None])
 
 
 def translate(x: torch.Tensor, shifts: list[float], dim: int, fill: tuple[int, ...]) -> torch.Tensor:
@@ -260,8 +268,8 @@ def translate(x: torch.Tensor, shifts: list[float], dim: int, fill: tuple[int, .
                                 np.float32))
         taps.append(torch.stack([(torch.arange(size) + n - 1 + k).clamp(0, size - 1) for k in range(4)]))
         outside.append((positions + 0.5 + shift < 0) | (positions + 0.5 + shift >= size))
-    kernel = torch.from_numpy(np.stack(kernels)).to(device)  # (n, 4)
-    taps_t = torch.stack(taps).to(device)  # (n, 4, size)
+    kernel = _to(torch.from_numpy(np.stack(kernels)), device)  # (n, 4)
+    taps_t = _to(torch.stack(taps), device)  # (n, 4, size)
     view = [len(shifts), 1, 1, 1, 1]
     view[dim] = size
     values = None
@@ -270,7 +278,7 @@ def translate(x: torch.Tensor, shifts: list[float], dim: int, fill: tuple[int, .
         term = x.gather(dim, index).float() * kernel[:, k].view(-1, 1, 1, 1, 1)
         values = term if values is None else values + term
     out = (values + 1e-4).clamp_(0, 255).trunc_().to(torch.uint8)
-    return _fill(out, torch.stack(outside).to(device).view(view).expand(x.shape), fill)
+    return _fill(out, _to(torch.stack(outside), device).view(view).expand(x.shape), fill)
 
 
 def warp(x: torch.Tensor, matrices: list[tuple[float, ...]], fill: tuple[int, ...], resample: int) -> torch.Tensor:
@@ -281,8 +289,8 @@ def warp(x: torch.Tensor, matrices: list[tuple[float, ...]], fill: tuple[int, ..
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
                             torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
     xin, yin = m[:, 0] * xs + m[:, 1] * ys + m[:, 2], m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
-    grid = torch.stack([2 * xin / width - 1, 2 * yin / height - 1], dim=-1).float().to(x.device)
-    outside = ((xin < 0) | (xin >= width) | (yin < 0) | (yin >= height)).to(x.device)
+    grid = _to(torch.stack([2 * xin / width - 1, 2 * yin / height - 1], dim=-1).float(), x.device)
+    outside = _to((xin < 0) | (xin >= width) | (yin < 0) | (yin >= height), x.device)
     warped = F.grid_sample(x.view(n, chan * frames, height, width).float(), grid, mode=_GRID_MODES[resample],
                            padding_mode="border", align_corners=False)
     out = warped.round_().clamp_(0, 255).to(torch.uint8).view_as(x)
@@ -291,5 +299,5 @@ def warp(x: torch.Tensor, matrices: list[tuple[float, ...]], fill: tuple[int, ..
 
 def _fill(x: torch.Tensor, where: torch.Tensor, fill: tuple[int, ...]) -> torch.Tensor:
     """x (n, 3, ...) uint8 with the colour `fill` where `where`."""
-    colour = torch.tensor(fill, dtype=torch.uint8, device=x.device).view(1, 3, *[1] * (x.dim() - 2))
+    colour = _to(torch.tensor(fill, dtype=torch.uint8), x.device).view(1, 3, *[1] * (x.dim() - 2))
     return torch.where(where, colour, x)
