@@ -88,11 +88,17 @@ def clip_requests(videos: list[str], clips: int, seed: int) -> list[tuple[str, n
     return requests
 
 
-def rate(reader, requests: list[tuple[str, np.ndarray]]) -> float:
-    start = time.perf_counter()
-    for path, indices in requests:
-        reader(path, indices)
-    return len(requests) / (time.perf_counter() - start)
+def rates(readers: list, requests: list[tuple[str, np.ndarray]], chunk: int = 10) -> list[float]:
+    """Clips/s of each reader over `requests`; they take turns every `chunk` clips, so that other load on the
+    machine affects them alike."""
+    seconds = [0.0] * len(readers)
+    for begin in range(0, len(requests), chunk):
+        for k, reader in enumerate(readers):
+            start = time.perf_counter()
+            for path, indices in requests[begin:begin + chunk]:
+                reader(path, indices)
+            seconds[k] += time.perf_counter() - start
+    return [len(requests) / s for s in seconds]
 
 
 def agreement(ours, reference, requests: list[tuple[str, np.ndarray]]) -> tuple[bool, float, int]:
@@ -148,10 +154,7 @@ def main(args: argparse.Namespace) -> None:
         requests = clip_requests(videos, args.clips, args.seed)
         for reader in readers.values():
             reader(*requests[0])  # warm-up
-        runs = {name: [] for name in readers}
-        for _ in range(args.repeats):
-            for name, reader in readers.items():  # taking turns, so that other load affects all alike
-                runs[name].append(rate(reader, requests))
+        runs = dict(zip(readers, zip(*[rates(list(readers.values()), requests) for _ in range(args.repeats)])))
         print(f"\n{'decoder':<44} {'clips/s per core':>22} {'same frames':>12} {'mean |diff|':>12} {'max':>5}")
         check = requests[:args.check_clips]
         for name, values in runs.items():
