@@ -4,7 +4,8 @@ An entry is a folder of frames (sorted `*.jpg`, `*.png` for MAFW), one image (re
 Validation and test clips are computed exactly as the original does (PIL decode and bilinear resize), so merged
 test probabilities match it. Training draws the same augmentations with one set of decisions per clip, on uint8
 frame stacks, decoding and augmenting each distinct frame once: over twice the original's clips/s
-(benchmarks/bench_data.py).
+(benchmarks/bench_data.py). With augment_on "device" a training item is the uint8 clip and its drawn parameters,
+for augment_device.DeviceAugment to apply to the batch on the model's device.
 """
 
 from __future__ import annotations
@@ -364,8 +365,9 @@ class ClipDataset(torch.utils.data.Dataset):
             return normalize(frames), entry.label, entry.clip_id
         frames, inverse = source.resized(indices, self.short_side_size)
         if self.augment_on == "device":
-            clip, layers = torch.from_numpy(frames[inverse]), self.augment.num_layers if self.augment is not None else 0
+            layers = self.augment.num_layers if self.augment is not None else 0
             views = [pack_draw(self._draw(*frames.shape[1:3]), layers, self.max_erase) for _ in range(self.num_sample)]
+            clip = torch.from_numpy(frames[inverse])
             if self.num_sample == 1:
                 return clip, views[0], entry.label
             return [clip] * self.num_sample, views, [entry.label] * self.num_sample

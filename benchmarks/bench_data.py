@@ -17,7 +17,7 @@ frame of the clip for each view. It is a faithful stand-in, not the original cod
 
     python benchmarks/bench_data.py [--clips 12 --train_items 200 --test_items 100 --repeats 3]
     python benchmarks/bench_data.py --sections decode resize        # only some sections
-    python benchmarks/bench_data.py --gpu_rows --device cuda --workers 16
+    python benchmarks/bench_data.py --sections --gpu_rows --device cuda --workers 16 --batch 64   # GPU rows only
 """
 
 from __future__ import annotations
@@ -399,7 +399,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_items", type=int, default=100, help="test views timed per loader and entry kind")
     p.add_argument("--repeats", type=int, default=3, help="repetitions of every measurement (median [min-max])")
     p.add_argument("--batch", type=int, default=16, help="batch of the device-side rows")
-    p.add_argument("--sections", nargs="+", default=["loader", "device", "decode", "resize"],
+    p.add_argument("--sections", nargs="*", default=["loader", "device", "decode", "resize"],
                    choices=["loader", "device", "decode", "resize"])
     p.add_argument("--gpu_rows", action="store_true", help="also the GPU check's rows, on --device")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
