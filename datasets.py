@@ -4,7 +4,8 @@ An entry is a folder of frames (sorted `*.jpg`, `*.png` for MAFW), one image (re
 Validation and test clips are computed exactly as the original does (PIL decode and bilinear resize), so merged
 test probabilities match it. Training draws the same augmentations with one set of decisions per clip, on uint8
 frame stacks, decoding and augmenting each distinct frame once: over twice the original's clips/s
-(benchmarks/bench_data.py).
+(benchmarks/bench_data.py). With augment_on "device" a training item is the uint8 clip and its drawn parameters,
+for augment_device.DeviceAugment to apply to the batch on the model's device.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.data.random_erasing import RandomErasing
 from torch.utils.data import default_collate
 from torchvision.transforms import RandomResizedCrop
 
+from augment_device import ClipDraw, DeviceAugment, draw_erase, erase_, erase_drawer, pack_draw
 from utils import ResumableSampler, get_rank, get_world_size, seeded_rngs
 from video_augment import VideoRandAugment
 
@@ -62,6 +63,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 MODES = ("train", "validation", "test")
+AUGMENT_ON = ("workers", "device")
 
 
 class Annotation(NamedTuple):
@@ -244,11 +246,9 @@ def normalize(frames: np.ndarray) -> torch.Tensor:
     return clip.sub_(_MEAN[:, None, None, None]).div_(_STD[:, None, None, None])
 
 
-def collate_views(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_views(batch: list) -> tuple:
     """Collate training items of num_sample > 1 views into one flat batch (views of a clip adjacent)."""
-    clips = [clip for views, _ in batch for clip in views]
-    labels = [label for _, labels in batch for label in labels]
-    return torch.stack(clips), torch.tensor(labels)
+    return tuple(default_collate([view for views in field for view in views]) for field in zip(*batch))
 
 
 class BadSample(NamedTuple):
@@ -309,7 +309,9 @@ class ClipDataset(torch.utils.data.Dataset):
     Items: train `(clip, label)`, or `([clip] * num_sample, [label] * num_sample)` with num_sample > 1 (independent
     augmentations of the same frames; `collate` flattens them); validation `(clip, label, clip_id)`; test
     `(clip, label, clip_id, chunk_nb, split_nb)` with item = (chunk * test_num_crop + split) * N + clip.
-    A clip is float32 (3, T, H, W), ImageNet-normalised.
+    A clip is float32 (3, T, H, W), ImageNet-normalised. With augment_on "device", a training item is
+    `(frames, params, label)` (views: lists of each): the uint8 (T, short_side_size, short_side_size, 3) frames and
+    the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to apply to the batch.
 
     With `seed`, a train / validation item's random draws depend only on (seed, epoch, index) (`set_epoch`), not on
     the worker or on earlier items: a resumed run sees the same clips. With `skip_bad`, an unreadable entry gives a
@@ -320,17 +322,22 @@ class ClipDataset(torch.utils.data.Dataset):
                  sampling_rate: int = 4, input_size: int = 224, short_side_size: int = 224,
                  test_num_segment: int = 5, test_num_crop: int = 3, aa: str | None = "rand-m7-n4-mstd0.5-inc1",
                  train_interpolation: str = "bicubic", reprob: float = 0.25, remode: str = "pixel",
-                 recount: int = 1, num_sample: int = 1, seed: int | None = None, skip_bad: bool = False):
+                 recount: int = 1, num_sample: int = 1, seed: int | None = None, skip_bad: bool = False,
+                 augment_on: str = "workers"):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on {augment_on!r}: expected one of {AUGMENT_ON}")
+        self.augment_on = augment_on
         self.annotations, self.mode, self.frame_ext = annotations, mode, frame_ext
         self.num_frames, self.sampling_rate = num_frames, sampling_rate
         self.input_size, self.short_side_size = input_size, short_side_size
         self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
         self.num_sample = num_sample
         self.augment = VideoRandAugment(aa, input_size, train_interpolation) if aa and aa != "none" else None
-        # Applied to the (C*T, H, W) view of a clip: one rectangle for all frames, noise drawn per frame and channel.
-        self.erase = RandomErasing(reprob, mode=remode, max_count=recount, device="cpu") if reprob > 0 else None
+        # Drawn for the (C*T, H, W) view of a clip: one rectangle for all frames, noise drawn per frame and channel.
+        self.erase = erase_drawer(reprob, remode, recount) if reprob > 0 else None
+        self.erase_mode, self.max_erase = remode.lower(), recount
         self.collate = collate_views if mode == "train" and num_sample > 1 else None
         self.seed, self.epoch, self.skip_bad = seed, 0, skip_bad and mode != "test"
         if self.skip_bad:
@@ -370,6 +377,13 @@ class ClipDataset(torch.utils.data.Dataset):
             frames = frames[:, top:top + self.input_size, top:top + self.input_size]
             return normalize(frames), entry.label, entry.clip_id
         frames, inverse = source.resized(indices, self.short_side_size)
+        if self.augment_on == "device":
+            layers = self.augment.num_layers if self.augment is not None else 0
+            views = [pack_draw(self._draw(*frames.shape[1:3]), layers, self.max_erase) for _ in range(self.num_sample)]
+            clip = torch.from_numpy(frames[inverse])
+            if self.num_sample == 1:
+                return clip, views[0], entry.label
+            return [clip] * self.num_sample, views, [entry.label] * self.num_sample
         if self.num_sample == 1:
             return self._augment(frames, inverse), entry.label
         return [self._augment(frames, inverse) for _ in range(self.num_sample)], [entry.label] * self.num_sample
@@ -382,33 +396,46 @@ class ClipDataset(torch.utils.data.Dataset):
         # Every spatial view is the whole frame: after the square resize the original's crop step is 0.
         return normalize(source.pil(loaded[start:start + self.num_frames], self.short_side_size))
 
+    def _draw(self, height: int, width: int) -> ClipDraw:
+        """Every random decision of a clip's augmentation, in the worker path's order (§2.9.4-2.9.5)."""
+        ops = self.augment.draw() if self.augment is not None else []
+        crop = RandomResizedCrop.get_params(torch.empty(1, height, width), scale=(0.08, 1.0), ratio=(0.75, 1.3333))
+        flip = bool(torch.rand(()) < 0.5)
+        boxes, noise_seed = [], 0
+        if self.erase is not None:
+            boxes = draw_erase(self.erase, 3 * self.num_frames, self.input_size, self.input_size)
+            noise_seed = int(torch.randint(2**62, ()))
+        return ClipDraw(ops, tuple(crop), flip, boxes, noise_seed)
+
+    def device_augment(self) -> DeviceAugment:
+        """What applies this dataset's training augmentation to a batch of its augment_on "device" items."""
+        return DeviceAugment(self.augment, self.input_size, self.erase_mode)
+
     def _augment(self, frames: np.ndarray, inverse: np.ndarray) -> torch.Tensor:
         """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (§2.9.4-2.9.5).
 
         `frames` are the clip's distinct frames and `inverse` picks the clip from them: with every decision shared,
         a repeated frame comes out of RandAugment as its copies would, so it is augmented once.
         """
+        draw = self._draw(*frames.shape[1:3])
         if self.augment is not None:
-            frames = self.augment(frames)
+            frames = self.augment.apply(frames, draw.ops)
         frames = frames[inverse]
-        num, height, width = frames.shape[:3]
-        top, left, h, w = RandomResizedCrop.get_params(torch.empty(1, height, width), scale=(0.08, 1.0),
-                                                       ratio=(0.75, 1.3333))
-        flip = bool(torch.rand(()) < 0.5)
+        num = frames.shape[0]
+        top, left, h, w = draw.crop
         size = self.input_size
         crops = frames[:, top:top + h, left:left + w].astype(np.float32)
         out = np.empty((num, size, size, 3), np.float32)
         for crop, resized in zip(crops, out):
             # OpenCV's bilinear on float is the original's F.interpolate(align_corners=False) to float rounding.
             cv2.resize(crop, (size, size), dst=resized, interpolation=cv2.INTER_LINEAR)
-            if flip:
+            if draw.flip:
                 cv2.flip(resized, 1, dst=resized)
         # Normalising after the (linear) resize instead of before: the same map; the first op also transposes.
         clip = torch.empty((3, num, size, size))
         torch.mul(torch.from_numpy(out).permute(3, 0, 1, 2), (1 / (255 * _STD))[:, None, None, None], out=clip)
         clip.sub_((_MEAN / _STD)[:, None, None, None])
-        if self.erase is not None:
-            self.erase(clip.view(-1, size, size))
+        erase_(clip.view(-1, size, size), draw.erase, self.erase_mode, draw.noise_seed)
         return clip
 
 
@@ -433,8 +460,23 @@ def build_dataset(is_train: bool, test_mode: bool, args: argparse.Namespace
         input_size=args.input_size, short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
         test_num_crop=args.test_num_crop, aa=args.aa, train_interpolation=args.train_interpolation,
         reprob=args.reprob, remode=args.remode, recount=args.recount, num_sample=args.num_sample,
-        seed=getattr(args, "seed", None), skip_bad=getattr(args, "max_bad_samples", None) is not None)
+        seed=getattr(args, "seed", None), skip_bad=getattr(args, "max_bad_samples", None) is not None,
+        augment_on=resolve_augment_on(args))
     return dataset, args.nb_classes
+
+
+def add_augment_arguments(parser: argparse.ArgumentParser) -> None:
+    """--augment_on, for run_class_finetuning.py."""
+    parser.add_argument("--augment_on", choices=AUGMENT_ON, default=None,
+                        help="where training clips are augmented: in the loader workers, or batched on the model's "
+                             "device from uint8 clips (default: device on CUDA, workers otherwise)")
+
+
+def resolve_augment_on(args: argparse.Namespace) -> str:
+    """args.augment_on, its default (None) resolved from args.device; "workers" where args has no such option."""
+    if not hasattr(args, "augment_on"):
+        return "workers"
+    return args.augment_on or ("device" if str(getattr(args, "device", "cpu")).startswith("cuda") else "workers")
 
 
 def seed_worker(worker_id: int) -> None:

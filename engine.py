@@ -168,8 +168,12 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
                     precision: Precision = FLOAT32, schedule: utils.Schedule | None = None,
                     global_step_offset: int = 0, resume_step: int = 0, meters: dict[str, AverageMeter] | None = None,
                     update_freq: int = 1, max_norm: float | None = None, model_ema=None, mixup_fn=None,
-                    log_writer=None, on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
+                    log_writer=None, on_step: Callable | None = None, bad_samples=None,
+                    augment: Callable | None = None) -> dict[str, float]:
     """One epoch of (mixup) training with per-step LR / weight-decay schedules and gradient accumulation.
+
+    With `augment` (`--augment_on device`: augment_device.DeviceAugment) the loader gives uint8 clips and their
+    drawn augmentation parameters, augmented here, on the device, before mixup.
 
     Resuming: the loader yields what is left of the epoch after `resume_step` optimizer steps and `meters` holds
     their averages. `on_step(step, meters)` runs after each optimizer step (e.g. a checkpoint). Batches from a
@@ -189,7 +193,11 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     trained = False  # some micro-batch of this optimizer step had clips on every process
     steps_per_epoch = schedule.steps_per_epoch if schedule is not None else None
     for micro_step, batch in enumerate(progress, resume_step * update_freq):
-        samples, targets = unpack_batch(batch, 2, bad_samples)
+        if augment is None:
+            samples, targets = unpack_batch(batch, 2, bad_samples)
+            params = None
+        else:
+            samples, params, targets = unpack_batch(batch, 3, bad_samples)
         step = micro_step // update_freq
         if steps_per_epoch is not None and step >= steps_per_epoch:
             continue
@@ -201,10 +209,13 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
         loss_value = float("nan")
         if mixup_fn is not None and len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one
             samples, targets = samples[:-1], targets[:-1]
+            params = None if params is None else {k: v[:-1] for k, v in params.items()}
         if agreement.before_forward(len(samples) > 0, bad_samples):
             trained = True
             samples = samples.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            if augment is not None:
+                samples = augment(samples, params)
             if mixup_fn is not None:
                 # timm's Mixup cuts one box per batch out of (B, C, H, W): viewing the clip's channels and frames as
                 # one axis applies the same box to every frame, as the video mixup of the original.
@@ -264,7 +275,7 @@ def unpack_batch(batch, fields: int, bad_samples) -> tuple:
         if bad_samples is not None:
             bad_samples.record(bad)
     if not batch:
-        return (torch.empty(0), torch.empty(0, dtype=torch.long), *[[] for _ in range(fields - 2)])
+        return tuple(torch.empty(0) for _ in range(fields))
     return tuple(batch)
 
 

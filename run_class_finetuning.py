@@ -70,6 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--color_jitter", type=float, default=0.4)
     add("--num_sample", type=int, default=2)
     add("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1")
+    datasets.add_augment_arguments(p)
     add("--smoothing", type=float, default=0.1)
     add("--train_interpolation", type=str, default="bicubic")
     add("--crop_pct", type=float, default=None)
@@ -237,6 +238,7 @@ def main(args: argparse.Namespace) -> nn.Module:
 
     dataset_train = build_dataset(is_train=True, test_mode=False, args=args)[0]
     loader_train = datasets.build_loader(dataset_train, args, args.batch_size, train=True, device=device)
+    augment = dataset_train.device_augment() if dataset_train.augment_on == "device" else None
     dataset_val = loader_val = None
     if not args.disable_eval_during_finetuning:
         dataset_val = build_dataset(is_train=False, test_mode=False, args=args)[0]
@@ -276,7 +278,7 @@ def main(args: argparse.Namespace) -> nn.Module:
                 schedule=schedule, global_step_offset=epoch * steps, resume_step=resume_step,
                 meters=state.meters if resume_step else None, update_freq=args.update_freq,
                 max_norm=args.clip_grad, model_ema=model_ema, mixup_fn=mixup_fn, log_writer=log_writer,
-                on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
+                on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples, augment=augment)
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
         if loader_val is not None:
             dataset_val.set_epoch(epoch)

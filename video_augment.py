@@ -72,7 +72,7 @@ def _draw_args(_img, *level_args, **kwargs):
     return level_args, kwargs
 
 
-def _pil_affine_matrix(name: str, arg: float, width: int, height: int) -> tuple[float, ...]:
+def pil_affine_matrix(name: str, arg: float, width: int, height: int) -> tuple[float, ...]:
     """(a, b, c, d, e, f) mapping an output pixel centre to its input point, as timm's op `name` passes it to PIL."""
     if name == "Rotate":  # PIL's Image.rotate(angle) about the centre, without expand
         angle = -math.radians(arg % 360.0)
@@ -165,15 +165,31 @@ class VideoRandAugment:
             drawer.aug_fn = _draw_args
             self._drawers.append(drawer)
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(T, H, W, 3) uint8 -> (T, H, W, 3) uint8."""
+    def draw(self) -> list[tuple[int, tuple, dict]]:
+        """The clip's applied ops, drawn as timm draws them: (index in `ops`, level arguments, keyword arguments
+        with a random interpolation already chosen). Skipped ops (probability) are left out."""
         chosen = np.random.choice(len(self.ops), self.num_layers, replace=self.choice_weights is None,
                                   p=self.choice_weights)
+        drawn = []
         for i in chosen:
-            drawn = self._drawers[i](None)  # timm's AugmentOp.__call__: probability, magnitude, level arguments
-            if drawn is not None:  # else skipped (probability)
-                frames = self._apply(self.ops[i], *drawn, frames)
+            args = self._drawers[i](None)  # timm's AugmentOp.__call__: probability, magnitude, level arguments
+            if args is None:
+                continue
+            level_args, kwargs = args
+            if self.ops[i].name in _AFFINE_OPS and isinstance(kwargs["resample"], (list, tuple)):
+                kwargs["resample"] = random.choice(kwargs["resample"])  # what timm's op function draws next
+            drawn.append((int(i), level_args, kwargs))
+        return drawn
+
+    def apply(self, frames: np.ndarray, drawn: list[tuple[int, tuple, dict]]) -> np.ndarray:
+        """(T, H, W, 3) uint8 -> (T, H, W, 3) uint8: the ops of `draw()` in order."""
+        for i, level_args, kwargs in drawn:
+            frames = self._apply(self.ops[i], level_args, kwargs, frames)
         return frames
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(T, H, W, 3) uint8 -> (T, H, W, 3) uint8."""
+        return self.apply(frames, self.draw())
 
     @staticmethod
     def _apply(op, level_args: tuple, kwargs: dict, frames: np.ndarray) -> np.ndarray:
@@ -182,10 +198,8 @@ class VideoRandAugment:
             shift = level_args[0] * (frames.shape[axis] if relative else 1)
             return translate_frames(frames, shift, axis, kwargs["fillcolor"])
         if op.name in _AFFINE_OPS:
-            resample = kwargs["resample"]
-            resample = random.choice(resample) if isinstance(resample, (list, tuple)) else resample
-            matrix = _pil_affine_matrix(op.name, level_args[0], frames.shape[2], frames.shape[1])
-            return warp_frames(frames, matrix, kwargs["fillcolor"], resample)
+            matrix = pil_affine_matrix(op.name, level_args[0], frames.shape[2], frames.shape[1])
+            return warp_frames(frames, matrix, kwargs["fillcolor"], kwargs["resample"])
         if op.name in _STACK_OPS:
             return _STACK_OPS[op.name](frames)
         if op.name in _POINTWISE_OPS:

@@ -1,22 +1,33 @@
 """Fine-tuning loader throughput: an original-style loader (a stand-in written here) against datasets.ClipDataset.
 
-Generates frame folders (256x256 JPEG, like DFEW's) and short mp4s in a temporary folder, then prints training
-clips/s and test views/s of one process (as one DataLoader worker: one torch and one OpenCV thread) for both.
+Generates frame folders (256x256 JPEG, like DFEW's) and short mp4s in a temporary folder, then prints, side by side
+in one run and repeated (median [min-max] over --repeats), per core (one process, one torch and one OpenCV thread):
+- loader: training clips/s and test views/s of the original-style loader and ours, with --augment_on workers
+  (the whole augmentation in the worker) and device (the worker's part: decode, sample, resize, draw);
+- device augmentation: augment_device.DeviceAugment on the CPU, clips/s for batches of --batch;
+- JPEG decoders: OpenCV, PIL, torchvision.io.decode_jpeg, ms per frame, and whether their pixels equal PIL's;
+- resizing: the worker's decode alone and decode + resize, against the resize done on the device (here the CPU).
+`gpu_rows(device)` gives the rows a GPU check adds (loader with N workers feeding the device, batched
+decode_jpeg on the device, device augmentation); with --gpu_rows it runs here too (tiny on the CPU).
 
 The original-style loader does what the original VideoClsDatasetFrame does, per frame: PIL open/convert/resize,
 timm's RandAugment ops with one random draw per op for all frames (the original's video RandAugment), ToTensor,
 normalise, random resized crop, flip and the same-rectangle random erasing; its test path loads every sampled
 frame of the clip for each view. It is a faithful stand-in, not the original code.
 
-    python benchmarks/bench_data.py [--clips 12 --train_items 400 --test_items 200 --min_frames 40 --max_frames 60]
+    python benchmarks/bench_data.py [--clips 12 --train_items 200 --test_items 100 --repeats 3]
+    python benchmarks/bench_data.py --sections decode resize        # only some sections
+    python benchmarks/bench_data.py --sections --gpu_rows --device cuda --workers 16 --batch 64   # GPU rows only
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +39,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
+from torch.utils.data import default_collate
 from torchvision import transforms
+from torchvision.io import decode_jpeg, read_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import utils
-from datasets import Annotation, ClipDataset, loaded_test_indices, train_indices, view_start
+from datasets import (
+    Annotation,
+    ClipDataset,
+    FrameSource,
+    loaded_test_indices,
+    resize_frames,
+    seed_worker,
+    train_indices,
+    view_start,
+)
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
@@ -179,6 +201,192 @@ def throughput(loaders: list, indices: list[int], seed: int, chunk: int = 10) ->
     return [len(indices) / s for s in seconds]
 
 
+def spread(values: list[float], digits: int = 1) -> str:
+    """median [min-max] of repeated measurements."""
+    return f"{np.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def dataset_kwargs(args: argparse.Namespace) -> dict:
+    return dict(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
+                short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
+                test_num_crop=args.test_num_crop, aa=args.aa, reprob=args.reprob)
+
+
+def loader_rows(folders: list[Annotation], videos: list[Annotation], args: argparse.Namespace) -> list[tuple]:
+    """(entries, path, unit, original-style, ours workers, ours device-worker side) items/s per core, repeated."""
+    kwargs, rows = dataset_kwargs(args), []
+    for name, entries in (("frame folders", folders), ("mp4 files", videos)):
+        if not entries:
+            continue
+        for mode, items in (("train", args.train_items), ("test", args.test_items)):
+            loaders = [OriginalStyle(entries, mode, args), ClipDataset(entries, mode, **kwargs)]
+            if mode == "train":
+                loaders.append(ClipDataset(entries, mode, augment_on="device", **kwargs))
+            indices = [i % len(loaders[1]) for i in range(items)]
+            runs = [throughput(loaders, indices, args.seed + r) for r in range(args.repeats)]
+            rows.append((name, mode, *zip(*runs)))
+    return rows
+
+
+def device_items(entries: list[Annotation], args: argparse.Namespace, count: int) -> tuple[ClipDataset, list]:
+    dataset = ClipDataset(entries, "train", augment_on="device", seed=args.seed, **dataset_kwargs(args))
+    return dataset, [dataset[i % len(dataset)] for i in range(count)]
+
+
+def augment_rate(dataset: ClipDataset, items: list, batch: int, device: str, repeats: int) -> list[float]:
+    """DeviceAugment clips/s on `device` over `items` in batches of `batch` (frames moved there first)."""
+    augment = dataset.device_augment()
+    batches = [default_collate(items[i:i + batch]) for i in range(0, len(items) - batch + 1, batch)]
+    batches = [(frames.to(device), params) for frames, params, _ in batches]
+    augment(*batches[0])  # warm-up
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        for frames, params in batches:
+            augment(frames, params)
+        _sync(device)
+        rates.append(len(batches) * batch / (time.perf_counter() - start))
+    return rates
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def decoder_rows(files: list[str], repeats: int) -> list[tuple[str, list[float], bool]]:
+    """(decoder, ms per frame over repeats, pixels equal PIL's) for the worker's JPEG decode to RGB."""
+    def pil(path):
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def opencv(path):
+        image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def torchvision_decode_jpeg(path):
+        return decode_jpeg(read_file(path)).permute(1, 2, 0).numpy()
+
+    reference = [pil(f) for f in files]
+    rows = []
+    for decode in (opencv, pil, torchvision_decode_jpeg):
+        equal = all(np.array_equal(decode(f), r) for f, r in zip(files, reference))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for f in files:
+                decode(f)
+            times.append((time.perf_counter() - start) / len(files) * 1e3)
+        rows.append((decode.__name__, times, equal))
+    return rows
+
+
+class _ClipWork:
+    """Item i: `work(source, indices)` on training clip i's FrameSource and frame indices (for `throughput`)."""
+
+    def __init__(self, work, clips: list[tuple[FrameSource, np.ndarray]]):
+        self.work, self.clips = work, clips
+
+    def __getitem__(self, i: int):
+        return self.work(*self.clips[i])
+
+
+def resize_rows(folders: list[Annotation], args: argparse.Namespace) -> list[tuple[str, list[float]]]:
+    """Clips/s per core: the worker decoding a training clip's frames alone, decoding and resizing them (taking
+    turns), and the resize done on the device (the CPU here) for batches of --batch stored-size clips."""
+    np.random.seed(args.seed)
+    clips = []
+    for i in range(args.train_items):
+        source = FrameSource(folders[i % len(folders)], "jpg")
+        clips.append((source, train_indices(source.count, args.num_frames, args.sampling_rate)))
+    works = [_ClipWork(lambda s, idx: s.rgb(np.unique(idx)), clips),
+             _ClipWork(lambda s, idx: s.resized(idx, args.short_side_size), clips)]
+    runs = [throughput(works, list(range(len(clips))), args.seed) for _ in range(args.repeats)]
+    decode, resized = zip(*runs)
+    return [("worker: decode", list(decode)), ("worker: decode + resize", list(resized)),
+            ("device (CPU): resize", resize_rate("cpu", args.batch, args.num_frames, args.frame_size,
+                                                  args.short_side_size, args.repeats))]
+
+
+def resize_rate(device: str, batch: int, num_frames: int, frame_size: int, size: int, repeats: int,
+                steps: int = 4) -> list[float]:
+    """Clips/s of resize_frames (antialiased bilinear, as the worker) on `device` for (batch, T, F, F, 3) uint8."""
+    frames = torch.randint(0, 256, (batch * num_frames, frame_size, frame_size, 3), dtype=torch.uint8, device=device)
+    resize_frames(frames, size)
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            resize_frames(frames, size)
+        _sync(device)
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return rates
+
+
+def gpu_rows(device: str, folders: list[Annotation], args: argparse.Namespace, steps: int = 8
+             ) -> list[tuple[str, str, list[float]]]:
+    """The GPU check's rows (also runnable on the CPU with tiny sizes): (row, unit, values over repeats).
+
+    - loader with --workers workers feeding `device`, both --augment_on modes (device: + DeviceAugment there);
+    - JPEG decoding: torchvision's batched decode_jpeg on `device` against OpenCV in one worker, frames/s;
+    - device augmentation alone on `device`, clips/s, batches of --batch.
+    """
+    kwargs, rows = dataset_kwargs(args), []
+    entries = folders * -(-(steps + 1) * args.batch // len(folders))  # steps batches after the first
+    for mode in ("workers", "device"):
+        dataset = ClipDataset(entries, "train", augment_on=mode, seed=args.seed, **kwargs)
+        augment = dataset.device_augment() if mode == "device" else None
+        rates = []
+        for _ in range(args.repeats):
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
+                pin_memory=device.startswith("cuda"), worker_init_fn=seed_worker, persistent_workers=False)
+            iterator, clips = iter(loader), 0
+            next(iterator)  # workers started, first batch ready
+            _sync(device)
+            start = time.perf_counter()
+            for batch in itertools.islice(iterator, steps):
+                frames = batch[0].to(device, non_blocking=True)
+                clip = augment(frames, batch[1]) if augment is not None else frames
+                clips += len(clip)
+            _sync(device)
+            rates.append(clips / (time.perf_counter() - start))
+        rows.append((f"loader, {args.workers} workers, --augment_on {mode}", "clips/s", rates))
+    files = sorted(str(p) for entry in folders for p in Path(entry.path).glob("*.jpg"))[:args.batch * args.num_frames]
+    data = [read_file(f) for f in files]
+    on_device, in_worker = [], []
+    for _ in range(args.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        decode_jpeg(data, device=device)
+        _sync(device)
+        on_device.append(len(files) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        for f in files:
+            cv2.imread(f, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        in_worker.append(len(files) / (time.perf_counter() - start))
+    rows.append((f"decode_jpeg batched on {device}", "frames/s", on_device))
+    rows.append(("OpenCV decode, one worker", "frames/s", in_worker))
+    dataset, items = device_items(folders, args, 4 * args.batch)
+    rows.append((f"device augmentation on {device}, batch {args.batch}", "clips/s",
+                 augment_rate(dataset, items, args.batch, device, args.repeats)))
+    rows.append((f"resize {args.frame_size} -> {args.short_side_size} on {device}", "clips/s",
+                 resize_rate(device, args.batch, args.num_frames, args.frame_size, args.short_side_size,
+                             args.repeats)))
+    return rows
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("fine-tuning loader throughput", add_help=True)
     p.add_argument("--clips", type=int, default=12, help="frame folders to generate")
@@ -187,8 +395,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_frames", type=int, default=60)
     p.add_argument("--frame_size", type=int, default=256)
     p.add_argument("--jpeg_quality", type=int, default=90)
-    p.add_argument("--train_items", type=int, default=400, help="training clips timed per loader and entry kind")
-    p.add_argument("--test_items", type=int, default=200, help="test views timed per loader and entry kind")
+    p.add_argument("--train_items", type=int, default=200, help="training clips timed per loader and entry kind")
+    p.add_argument("--test_items", type=int, default=100, help="test views timed per loader and entry kind")
+    p.add_argument("--repeats", type=int, default=3, help="repetitions of every measurement (median [min-max])")
+    p.add_argument("--batch", type=int, default=16, help="batch of the device-side rows")
+    p.add_argument("--sections", nargs="*", default=["loader", "device", "decode", "resize"],
+                   choices=["loader", "device", "decode", "resize"])
+    p.add_argument("--gpu_rows", action="store_true", help="also the GPU check's rows, on --device")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=2, help="loader workers of the GPU rows")
     p.add_argument("--num_frames", type=int, default=16)
     p.add_argument("--sampling_rate", type=int, default=4)
     p.add_argument("--input_size", type=int, default=160)
@@ -207,6 +422,7 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     utils.keep_freed_memory()
     rng = np.random.default_rng(args.seed)
+    print(f"machine: {machine()}; one process, 1 torch thread; median [min-max] of {args.repeats} runs")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         folders = []
@@ -224,21 +440,34 @@ def main(args: argparse.Namespace) -> None:
               f"{args.frame_size}px JPEG, {frame_kb:.1f} KB each) and {args.videos} mp4s in "
               f"{time.perf_counter() - t0:.1f} s")
 
-        kwargs = dict(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
-                      short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
-                      test_num_crop=args.test_num_crop, aa=args.aa, reprob=args.reprob)
-        rows = []
-        for name, entries in (("frame folders", folders), ("mp4 files", videos)):
-            if not entries:
-                continue
-            for mode, items in (("train", args.train_items), ("test", args.test_items)):
-                ours, orig = ClipDataset(entries, mode, **kwargs), OriginalStyle(entries, mode, args)
-                indices = [i % len(ours) for i in range(items)]
-                rows.append((name, mode, *throughput([orig, ours], indices, args.seed)))
-    unit = {"train": "clips/s", "test": "views/s"}
-    print(f"\n{'entries':<14} {'path':<6} {'original-style':>16} {'ours':>12} {'ratio':>7}")
-    for name, mode, orig, ours in rows:
-        print(f"{name:<14} {mode:<6} {orig:>8.1f} {unit[mode]:<7} {ours:>6.1f} {unit[mode]:<7} {ours / orig:>6.2f}x")
+        if "loader" in args.sections:
+            unit = {"train": "clips/s", "test": "views/s"}
+            print(f"\n{'entries':<14} {'path':<6} {'unit':<8} {'original-style':>18} {'ours, workers':>18} "
+                  f"{'ratio':>6} {'ours, device: worker side':>26} {'ratio':>6}")
+            for name, mode, orig, ours, *device in loader_rows(folders, videos, args):
+                line = (f"{name:<14} {mode:<6} {unit[mode]:<8} {spread(orig):>18} {spread(ours):>18} "
+                        f"{np.median(ours) / np.median(orig):>5.2f}x")
+                if device:
+                    line += f" {spread(device[0]):>26} {np.median(device[0]) / np.median(orig):>5.2f}x"
+                print(line)
+        if "device" in args.sections:
+            dataset, items = device_items(folders, args, 4 * args.batch)
+            rates = augment_rate(dataset, items, args.batch, "cpu", args.repeats)
+            print(f"\ndevice augmentation (augment_device.DeviceAugment) on the CPU, batch {args.batch}, "
+                  f"1 thread: {spread(rates)} clips/s")
+        if "decode" in args.sections:
+            files = sorted(str(p) for p in Path(folders[0].path).glob("*.jpg"))
+            print(f"\n{'JPEG decoder':<26} {'ms/frame':>18} {'pixels = PIL':>13}")
+            for name, times, equal in decoder_rows(files, args.repeats):
+                print(f"{name:<26} {spread(times, 3):>18} {equal!s:>13}")
+        if "resize" in args.sections:
+            print(f"\n{'resize ' + str(args.frame_size) + ' -> ' + str(args.short_side_size):<30} {'clips/s':>18}")
+            for name, rates in resize_rows(folders, args):
+                print(f"{name:<30} {spread(rates):>18}")
+        if args.gpu_rows:
+            print(f"\n{'GPU check row':<48} {'unit':<9} {'value':>18}")
+            for name, unit, values in gpu_rows(args.device, folders, args):
+                print(f"{name:<48} {unit:<9} {spread(values):>18}")
 
 
 if __name__ == "__main__":

@@ -508,3 +508,16 @@ def test_the_ca_fork_command_line_evaluates_its_checkpoint(demo_root, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"--fusion add: read off the weights of {checkpoint}" in run.stdout + run.stderr
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_clips"] == 10
+
+
+def test_augmentation_on_the_device_trains_and_resumes_bit_exactly(demo_root, tmp_path):
+    """--augment_on device (reachable on the CPU): the loader gives uint8 clips and their draws, the engine
+    augments them; a run killed after its first epoch resumes to the uninterrupted run's weights exactly."""
+    flags = ("--augment_on", "device", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0")
+    whole = rcf.main(demo_args(demo_root, tmp_path / "whole", *flags))
+    rcf.main(demo_args(demo_root, tmp_path / "part", *flags, "--epochs", "1"))
+    (tmp_path / "part" / "checkpoint-0.pth").unlink()  # only checkpoint-last.pth (epoch 0) is left to resume from
+    resumed = rcf.main(demo_args(demo_root, tmp_path / "part", *flags))
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert read_pred(tmp_path / "whole" / "pred.csv") == read_pred(tmp_path / "part" / "pred.csv")
