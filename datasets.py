@@ -274,8 +274,8 @@ class TooManyBadSamplesError(RuntimeError):
 
 class BadSampleLog:
     """The distinct unreadable entries met so far (logged once each, with the file and the error); more than
-    `limit` of them raise TooManyBadSamplesError listing them all (`add`, or `record` then `check` where the
-    processes of a run first agree whether any of them went past the limit)."""
+    `limit` of them raise TooManyBadSamplesError listing them all: `record`, then `check` once the processes of a
+    run agree whether any of them went past the limit (engine.StepAgreement)."""
 
     def __init__(self, limit: int, seen: dict[str, str] | None = None):
         self.limit, self.seen = limit, dict(seen or {})
@@ -298,9 +298,6 @@ class BadSampleLog:
             raise TooManyBadSamplesError(f"{len(seen)} unreadable samples, more than --max_bad_samples "
                                          f"{self.limit}:\n  " + "\n  ".join(seen.values()))
 
-    def add(self, bad: list[BadSample]) -> None:
-        self.record(bad)
-        self.check()
 
 
 class ClipDataset(torch.utils.data.Dataset):
