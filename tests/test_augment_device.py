@@ -273,7 +273,8 @@ def test_demo_batches_have_the_worker_paths_statistics(tmp_path):
         dataset, _ = build_dataset(True, False, argparse.Namespace(**vars(args), augment_on=mode))
         augment = dataset.device_augment() if mode == "device" else None
         clips = []
-        for batch in datasets.build_loader(dataset, args, batch_size=8, train=True, sequential=True):
+        for batch in datasets.build_loader(dataset, args, batch_size=8, device=torch.device("cpu"), train=True,
+                                            sequential=True):
             clips.append(augment(batch[0], batch[1]) if augment else batch[0])
         batches[mode] = torch.cat(clips)
     ours, theirs = batches["device"], batches["workers"]
