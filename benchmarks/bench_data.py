@@ -277,18 +277,21 @@ def decoder_rows(files: list[str], repeats: int) -> list[tuple[str, list[float],
     def torchvision_decode_jpeg(path):
         return decode_jpeg(read_file(path)).permute(1, 2, 0).numpy()
 
+    decoders = (opencv, pil, torchvision_decode_jpeg)
     reference = [pil(f) for f in files]
-    rows = []
-    for decode in (opencv, pil, torchvision_decode_jpeg):
-        equal = all(np.array_equal(decode(f), r) for f, r in zip(files, reference))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for f in files:
-                decode(f)
-            times.append((time.perf_counter() - start) / len(files) * 1e3)
-        rows.append((decode.__name__, times, equal))
-    return rows
+    equal = [all(np.array_equal(decode(f), r) for f, r in zip(files, reference)) for decode in decoders]
+    times = [[] for _ in decoders]
+    for _ in range(repeats):
+        seconds = [0.0] * len(decoders)
+        for begin in range(0, len(files), 20):  # taking turns, so that other load affects them alike
+            for k, decode in enumerate(decoders):
+                start = time.perf_counter()
+                for f in files[begin:begin + 20]:
+                    decode(f)
+                seconds[k] += time.perf_counter() - start
+        for k in range(len(decoders)):
+            times[k].append(seconds[k] / len(files) * 1e3)
+    return [(decode.__name__, t, e) for decode, t, e in zip(decoders, times, equal)]
 
 
 class _ClipWork:
@@ -456,7 +459,7 @@ def main(args: argparse.Namespace) -> None:
             print(f"\ndevice augmentation (augment_device.DeviceAugment) on the CPU, batch {args.batch}, "
                   f"1 thread: {spread(rates)} clips/s")
         if "decode" in args.sections:
-            files = sorted(str(p) for p in Path(folders[0].path).glob("*.jpg"))
+            files = sorted(str(p) for entry in folders for p in Path(entry.path).glob("*.jpg"))
             print(f"\n{'JPEG decoder':<26} {'ms/frame':>18} {'pixels = PIL':>13}")
             for name, times, equal in decoder_rows(files, args.repeats):
                 print(f"{name:<26} {spread(times, 3):>18} {equal!s:>13}")
