@@ -145,6 +145,19 @@ def view_start(num_loaded: int, chunk: int, num_segments: int, clip_len: int = 1
     return int(chunk * step)
 
 
+def original_test_order(num_clips: int, views_per_clip: int, world_size: int) -> list[int]:
+    """The clips (list indices) in the order the original's test merge first meets them, which pred.csv keeps.
+
+    The original makes every view an item of its own (index = view * num_clips + clip), shares them among the
+    processes with a DistributedSampler (no shuffling, padded from the start) and reads rank 0's views first,
+    then rank 1's, and so on. With one process this is the list order.
+    """
+    total = num_clips * views_per_clip
+    padded = -(-total // world_size) * world_size
+    indices = (list(range(total)) * -(-padded // total))[:padded]
+    return list(dict.fromkeys(i % num_clips for rank in range(world_size) for i in indices[rank::world_size]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading entries
 
@@ -305,7 +318,9 @@ class ClipDataset(torch.utils.data.Dataset):
 
     Items: train `(clip, label)`, or `([clip] * num_sample, [label] * num_sample)` with num_sample > 1 (independent
     augmentations of the same frames; `collate` flattens them); validation `(clip, label, clip_id)`; test
-    `(clip, label, clip_id, chunk_nb, split_nb)` with item = (chunk * test_num_crop + split) * N + clip.
+    `(clip, label, clip_id, chunk_nb, num_crops)` with item = chunk * N + clip. A test item stands for all
+    `num_crops` (= test_num_crop) spatial views of its temporal view: after the square resize the original's crop
+    step is 0, so every crop is the whole frame (finetune.md §2.13, quirk 4) and is computed once.
     A clip is float32 (3, T, H, W), ImageNet-normalised. With augment_on "device", a training item is
     `(frames, params, label)` (views: lists of each): the uint8 (T, short_side_size, short_side_size, 3) frames and
     the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to apply to the batch.
@@ -346,14 +361,13 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         n = len(self.annotations)
-        return n * self.test_num_segment * self.test_num_crop if self.mode == "test" else n
+        return n * self.test_num_segment if self.mode == "test" else n
 
     def __getitem__(self, index: int):
         if self.mode == "test":
-            entry = self.annotations[index % len(self.annotations)]
-            view = index // len(self.annotations)
-            chunk, split = divmod(view, self.test_num_crop)
-            return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, split
+            chunk, clip = divmod(index, len(self.annotations))
+            entry = self.annotations[clip]
+            return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, self.test_num_crop
         entry = self.annotations[index]
         seed = None if self.seed is None else (self.seed, self.epoch, index)
         try:
@@ -390,7 +404,6 @@ class ClipDataset(torch.utils.data.Dataset):
         loaded = loaded_test_indices(source.count, self.num_frames, self.sampling_rate)
         start = view_start(len(loaded), chunk, self.test_num_segment, self.num_frames)
         # Only this view's frames are decoded: a frame's pixels do not depend on the other frames.
-        # Every spatial view is the whole frame: after the square resize the original's crop step is 0.
         return normalize(source.pil(loaded[start:start + self.num_frames], self.short_side_size))
 
     def _draw(self, height: int, width: int) -> ClipDraw:

@@ -319,13 +319,17 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
 @torch.no_grad()
 def predict_views(data_loader: Iterable, model: nn.Module, device: torch.device,
                   precision: Precision = FLOAT32) -> list[tuple[str, int, int, int, np.ndarray]]:
-    """Softmax probabilities (float64) of every test view on this rank: (clip id, label, chunk, crop, probs)."""
+    """Softmax probabilities (float64) of every test view on this rank: (clip id, label, chunk, crop, probs).
+
+    An item stands for its `num_crops` identical spatial views (`datasets.ClipDataset`): it is computed once and
+    its probabilities are every one of those views' record."""
     model.eval()
     records = []
-    for samples, targets, ids, chunks, crops in tqdm(data_loader, desc="test", disable=not utils.is_main_process(),
-                                                     dynamic_ncols=True):
+    for samples, targets, ids, chunks, num_crops in tqdm(data_loader, desc="test", dynamic_ncols=True,
+                                                         disable=not utils.is_main_process()):
         with precision.autocast(device):
             logits = model(samples.to(device, non_blocking=True))
         probs = torch.softmax(logits.double(), dim=1).cpu().numpy()
-        records += list(zip(ids, targets.tolist(), chunks.tolist(), crops.tolist(), probs))
+        for clip_id, label, chunk, crops, p in zip(ids, targets.tolist(), chunks.tolist(), num_crops.tolist(), probs):
+            records += [(clip_id, label, chunk, crop, p) for crop in range(crops)]
     return records

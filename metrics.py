@@ -34,18 +34,23 @@ def classification_metrics(labels: Sequence[int], preds: Sequence[int], num_clas
     }
 
 
-def merge_views(records: Iterable[tuple[str, int, int, int, np.ndarray]]) -> OrderedDict:
+def merge_views(records: Iterable[tuple[str, int, int, int, np.ndarray]],
+                order: Sequence[str] | None = None) -> OrderedDict:
     """Average the softmax probabilities of each clip's test views.
 
     records: (clip id, label, chunk, crop, probabilities). A repeated (chunk, crop) of a clip — the padding a
     distributed sampler adds — is counted once. Returns id -> (label, mean probabilities, number of views), in
-    order of first appearance.
+    order of first appearance, or in `order` (every clip id, each once).
     """
     views: OrderedDict[str, dict] = OrderedDict()
     labels: dict[str, int] = {}
     for clip_id, label, chunk, crop, probs in records:
         views.setdefault(clip_id, {}).setdefault((chunk, crop), probs)
         labels[clip_id] = label
+    if order is not None:
+        if sorted(order) != sorted(views):
+            raise ValueError(f"the order names {len(order)} clips, the test views {len(views)} other ones")
+        views = OrderedDict((clip_id, views[clip_id]) for clip_id in order)
     return OrderedDict((clip_id, (labels[clip_id], np.mean(list(v.values()), axis=0), len(v)))
                        for clip_id, v in views.items())
 
@@ -108,13 +113,14 @@ def format_summary(report: dict, output_dir: str | Path) -> str:
 
 def write_test_report(output_dir: str | Path, records: Sequence[tuple[str, int, int, int, np.ndarray]],
                       class_names: Sequence[str], header: str | None = None, checkpoint: str | None = None,
-                      epoch: int | str | None = None) -> dict:
+                      epoch: int | str | None = None, order: Sequence[str] | None = None) -> dict:
     """Merge the test views and write pred.csv, metrics.json, confusion_matrix.png and the originals' log.txt lines.
 
-    `header` is the model description of a run that trained (e.g. "last epoch model"); None for --eval.
+    `header` is the model description of a run that trained (e.g. "last epoch model"); None for --eval. `order`:
+    the clip ids in pred.csv's order (default: first appearance in `records`).
     """
     output_dir = Path(output_dir)
-    merged = merge_views(records)
+    merged = merge_views(records, order)
     labels = np.array([label for label, _, _ in merged.values()])
     probs = np.stack([p for _, p, _ in merged.values()])
     stats = classification_metrics(labels, probs.argmax(axis=1), len(class_names))

@@ -181,8 +181,12 @@ def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, da
     records = engine.predict_views(data_loader, model, run.device, precision)
     gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
     if run.is_main:
+        clips = data_loader.dataset.annotations
+        order = datasets.original_test_order(len(clips), args.test_num_segment * args.test_num_crop,
+                                             run.process.world_size)
         stats = write_test_report(run.output_dir, gathered, DATASETS[args.data_set].classes, header=header,
-                                  checkpoint=checkpoint, epoch=epoch)
+                                  checkpoint=checkpoint, epoch=epoch,
+                                  order=list(dict.fromkeys(clips[i].clip_id for i in order)))
         logging.info(format_summary(stats, run.output_dir))
 
 

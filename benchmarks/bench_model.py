@@ -2,16 +2,22 @@
 
 The baseline is `tests/spec_reference.py`: an independent transcription of the original code's forward
 (explicit softmax attention, per-sample CA motion loop, cloned in-place writes, MKL matmuls) with the same
-parameters. Each measurement runs in its own process so that peak RSS is that configuration's alone.
+parameters. Each measurement runs in its own process so that peak RSS is that configuration's alone, and the
+baseline and our variants take turns, round after round, so that a busy machine slows all of them alike: every
+figure is the median [min-max] over the rounds, the speed-up that of the per-round ratios.
+
+The `channels_last` variant stores the patch embedding's Conv3d and the CA branch's Conv2d weights (and the input
+clip) channels-last (`channels_last_3d` / `channels_last`): the measurement that decides whether the models use it.
 
     python benchmarks/bench_model.py                 # CPU: batch 1 and 8, eval and train step, both models
-    python benchmarks/bench_model.py --batch 1       # quicker
+    python benchmarks/bench_model.py --batch 1 --rounds 2   # quicker
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -19,6 +25,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +56,29 @@ def build(impl: str, fusion: str | None) -> torch.nn.Module:
                            **KWARGS)
 
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Conv3d weights to `channels_last_3d`, Conv2d weights to `channels_last`, in place (the rest is unchanged)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        elif isinstance(module, torch.nn.Conv2d):
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def measure(impl: str, model_name: str, mode: str, batch: int, device: str, amp: str, compile_: bool,
-            repeats: int) -> dict:
-    """Time one configuration in this process; returns seconds per step, peak memory and outputs' checksum."""
+            channels_last: bool, repeats: int) -> dict:
+    """Time one configuration in this process; returns the median seconds per step and the peak memory."""
     torch.manual_seed(0)
     fusion = MODELS[model_name][1]
     model = build(impl, fusion).to(device)
     model.train(mode == "train")
+    x = torch.randn(batch, 3, 16, 160, 160, device=device)
+    if channels_last:
+        model = to_channels_last(model)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     if compile_:
         model = torch.compile(model)
-    x = torch.randn(batch, 3, 16, 160, 160, device=device)
     target = torch.randint(0, 7, (batch,), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=amp == "bf16")
 
@@ -84,7 +104,7 @@ def measure(impl: str, model_name: str, mode: str, batch: int, device: str, amp:
         times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return dict(seconds=min(times), peak_bytes=peak)
+    return dict(seconds=float(np.median(times)), peak_bytes=peak)
 
 
 def count_gflops(model_name: str) -> float:
@@ -112,14 +132,31 @@ def matmul_rates() -> dict[str, float]:
     return rates
 
 
-def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, batch: int, amp: str,
-              compile_: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", json.dumps(dict(impl=impl, model_name=model_name, mode=mode,
-                                                                 batch=batch, device=args.device, amp=amp,
-                                                                 compile_=compile_, repeats=args.repeats)),
-           "--threads", str(args.threads)]
+def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, batch: int,
+              variant: tuple[str, bool, bool]) -> dict:
+    amp, compile_, channels_last = variant
+    config = dict(impl=impl, model_name=model_name, mode=mode, batch=batch, device=args.device, amp=amp,
+                  compile_=compile_, channels_last=channels_last, repeats=args.repeats)
+    cmd = [sys.executable, __file__, "--child", json.dumps(config), "--threads", str(args.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def variant_name(variant: tuple[str, bool, bool]) -> str:
+    amp, compile_, channels_last = variant
+    return amp + (" compile" if compile_ else "") + (" cl" if channels_last else "")
+
+
+def spread(values: list[float], digits: int = 3) -> str:
+    """median [min-max] of the rounds."""
+    return f"{np.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def main(args: argparse.Namespace) -> None:
@@ -132,11 +169,13 @@ def main(args: argparse.Namespace) -> None:
     rates = matmul_rates()
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads; float32 GEMM rate: "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
-    variants = [("fp32", False)]
+    variants = [("fp32", False, False), ("fp32", False, True)]
     if args.device == "cuda":
-        variants += [("bf16", False), ("bf16", True)]
-    header = (f"{'model':9} {'mode':5} {'batch':>5} {'variant':12} {'s/clip':>8} {'clips/s':>8} {'peak GiB':>8} "
-              f"{'baseline s/clip':>15} {'speed-up':>8} {'mem ratio':>9} {'of GEMM':>8}")
+        variants += [("bf16", False, False), ("bf16", False, True), ("bf16", True, False)]
+    print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}; {args.rounds} rounds, each "
+          f"the median of {args.repeats} timed steps after one warm-up")
+    header = (f"{'model':9} {'mode':5} {'batch':>5} {'variant':12} {'ours s/clip':>21} {'baseline s/clip':>21} "
+              f"{'speed-up':>19} {'peak GiB':>8} {'mem ratio':>9} {'of GEMM':>7}")
     for model_name, (key, _) in MODELS.items():
         gflops = count_gflops(model_name)
         reference = expected[key]["flops_1clip"]["gflops"]
@@ -145,18 +184,24 @@ def main(args: argparse.Namespace) -> None:
         print(header)
         for mode in ("eval", "train"):
             for batch in args.batch:
-                base = run_child(args, "reference", model_name, mode, batch, "fp32", False)
-                for amp, compile_ in variants:
-                    ours = run_child(args, "ours", model_name, mode, batch, amp, compile_)
-                    per_clip = ours["seconds"] / batch
+                base, ours = [], {variant: [] for variant in variants}
+                for _ in range(args.rounds):
+                    base.append(run_child(args, "reference", model_name, mode, batch, ("fp32", False, False)))
+                    for variant in variants:
+                        ours[variant].append(run_child(args, "ours", model_name, mode, batch, variant))
+                base_s = [b["seconds"] / batch for b in base]
+                for variant, runs in ours.items():
+                    per_clip = [r["seconds"] / batch for r in runs]
+                    ratios = [b["seconds"] / r["seconds"] for b, r in zip(base, runs)]
+                    peak = max(r["peak_bytes"] for r in runs)
                     flops = gflops * (3 if mode == "train" else 1)
-                    best_rate = max(rates.values())
-                    print(f"{model_name:9} {mode:5} {batch:5} {amp + (' compile' if compile_ else ''):12} "
-                          f"{per_clip:8.3f} {1 / per_clip:8.2f} {ours['peak_bytes'] / 2**30:8.2f} "
-                          f"{base['seconds'] / batch:15.3f} {base['seconds'] / ours['seconds']:7.2f}x "
-                          f"{ours['peak_bytes'] / base['peak_bytes']:9.2f} "
-                          f"{100 * flops / per_clip / best_rate:7.0f}%")
-    print("\nspeed-up and mem ratio: ours against the original-style baseline, measured now, same process setup.")
+                    share = 100 * flops / float(np.median(per_clip)) / max(rates.values())
+                    print(f"{model_name:9} {mode:5} {batch:5} {variant_name(variant):12} {spread(per_clip):>21} "
+                          f"{spread(base_s):>21} {spread(ratios, 2) + 'x':>19} {peak / 2**30:8.2f} "
+                          f"{peak / max(b['peak_bytes'] for b in base):9.2f} {share:6.0f}%")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    print("speed-up and mem ratio: ours against the original-style baseline, measured now, same process setup; "
+          "cl = channels_last.")
     print("of GEMM: achieved FLOP rate (train = 3x forward FLOPs) as a share of the faster GEMM rate above.")
     print("Original code as reported on the 2-core reference machine (batch 1): "
           + ", ".join(f"{m} {mode} {s:.3f} s" for (m, mode), s in ORIGINAL_REPORTED.items()))
@@ -167,7 +212,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per process (their median is kept)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which the baseline and every variant take turns, each in a fresh process")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     return parser
 

@@ -182,17 +182,39 @@ def test_test_views_equal_a_direct_pil_computation_and_follow_the_index_layout(t
     folders = [write_textured(tmp_path / f"c{i}", n, size=50 + i, seed=i) for i, n in enumerate((45, 20))]
     ds = ClipDataset([entry(f, label=i) for i, f in enumerate(folders)], "test", sampling_rate=2,
                      input_size=32, short_side_size=32, test_num_segment=2, test_num_crop=2)
-    assert len(ds) == 2 * 2 * 2
+    assert len(ds) == 2 * 2  # an item per temporal view: its 2 spatial crops are both the whole frame
     for index in range(len(ds)):
-        clip, label, clip_id, chunk, split = ds[index]
+        clip, label, clip_id, chunk, num_crops = ds[index]
         video = index % 2
-        assert (chunk, split, label, clip_id) == (index // 4, (index // 2) % 2, video, str(folders[video]))
+        assert (chunk, num_crops, label, clip_id) == (index // 2, 2, video, str(folders[video]))
         files = sorted(folders[video].glob("*.jpg"))
         loaded = [files[i] for i in loaded_test_indices(len(files), 16, 2)]
         start = 0 if chunk == 0 else len(loaded) - 16  # S=2: the first and the last 16 sampled frames
         expected = pil_reference(loaded[start:start + 16], 32)
         assert clip.dtype == torch.float32 and clip.shape == (3, 16, 32, 32)
         assert torch.equal(clip, expected)
+
+
+def first_met_by_the_original(num_clips: int, views: int, world_size: int) -> list[int]:
+    """The original's pred.csv order, from torch's own sampler: every view an item (view * N + clip), rank 0's
+    items read first, then rank 1's, ...; each clip listed where it first appears."""
+    order = {}
+    for rank in range(world_size):
+        sampler = torch.utils.data.DistributedSampler(range(num_clips * views), num_replicas=world_size, rank=rank,
+                                                      shuffle=False)
+        for index in sampler:
+            order.setdefault(index % num_clips)
+    return list(order)
+
+
+@pytest.mark.parametrize("num_clips,views,world_size", [(7, 4, 1), (7, 4, 3), (12, 4, 8), (5, 1, 8), (2341, 4, 3),
+                                                        (9, 4, 6), (1, 4, 2)])
+def test_the_test_order_is_the_one_the_original_merge_meets(num_clips, views, world_size):
+    order = datasets.original_test_order(num_clips, views, world_size)
+    assert order == first_met_by_the_original(num_clips, views, world_size)
+    assert sorted(order) == list(range(num_clips))
+    if world_size == 1:
+        assert order == list(range(num_clips))
 
 
 def test_validation_clip_equals_pil_on_the_train_sampler_window(tmp_path):
@@ -226,7 +248,7 @@ def test_one_segment_and_one_crop_do_not_divide_by_zero(tmp_path):
     folder = write_frames(tmp_path / "c", list(range(0, 200, 5)))
     ds = ClipDataset([entry(folder)], "test", frame_ext="png", sampling_rate=1, input_size=16, short_side_size=16,
                      test_num_segment=1, test_num_crop=1)
-    assert len(ds) == 1 and ds[0][3:] == (0, 0)
+    assert len(ds) == 1 and ds[0][3:] == (0, 1)
 
 
 # --- entries: png, single images, videos ---------------------------------------------------------------------------
@@ -325,7 +347,7 @@ def test_build_dataset_reads_the_right_files(tmp_path):
         assert nb == len(DATASETS[data_set].classes)
         assert (train.mode, val.mode, test.mode) == ("train", "validation", "test")
         assert train[0][1] == 0 and val[0][1:] == (val_label, "val" if val_label == 1 else "test")
-        assert len(test) == 4 and test[3][1:] == (2, "test", 1, 1)
+        assert len(test) == 2 and test[1][1:] == (2, "test", 1, 2)
 
 
 # --- training ------------------------------------------------------------------------------------------------------

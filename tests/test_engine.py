@@ -99,3 +99,47 @@ def test_unreadable_clips_are_skipped_counted_and_named_then_fail_past_the_limit
     with pytest.raises(TooManyBadSamplesError, match=r"1 unreadable samples, more than --max_bad_samples 0:\n.*gone"):
         engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0, criterion=nn.CrossEntropyLoss(),
                                bad_samples=BadSampleLog(limit=0))
+
+
+class CountingRows(nn.Module):
+    """A linear classifier of the whole clip that counts the clips it is given."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.head, self.rows = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * size * size, 5)), 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.head(x)
+
+
+def test_identical_test_views_are_computed_once_and_give_every_view_its_probabilities(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for c, n in enumerate((12, 9, 20)):  # clips of several lengths: the temporal views differ
+        folder = tmp_path / f"c{c}"
+        folder.mkdir()
+        for t in range(n):
+            cv2.imwrite(str(folder / f"{t:05d}.jpg"), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+        entries.append(Annotation(str(folder), str(folder), c, f"test.csv:{c + 1}"))
+    dataset = ClipDataset(entries, "test", num_frames=4, sampling_rate=2, input_size=16, short_side_size=16,
+                          test_num_segment=2, test_num_crop=3)
+    torch.manual_seed(0)
+    model = CountingRows(16)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
+    records = engine.predict_views(loader, model, torch.device("cpu"))
+    assert model.rows == 3 * 2  # one forward per temporal view, not per (temporal, spatial) view
+    assert sorted((r[0], r[2], r[3]) for r in records) == sorted(
+        (e.clip_id, chunk, crop) for e in entries for chunk in range(2) for crop in range(3))
+    by_view = {}
+    for clip_id, label, chunk, crop, probs in records:
+        by_view.setdefault((clip_id, chunk), []).append(probs)
+    for (clip_id, chunk), views in by_view.items():
+        assert all(np.array_equal(views[0], p) for p in views)  # the spatial views: the same bits
+        # ... which are what the original computes for each view on its own: the view's clip, the whole frame
+        view = next(dataset[i] for i in range(len(dataset)) if dataset[i][2] == clip_id and dataset[i][3] == chunk)
+        with torch.no_grad():
+            alone = torch.softmax(model.head(view[0][None]).double(), dim=1)[0].numpy()
+        np.testing.assert_allclose(views[0], alone, rtol=0, atol=1e-6)  # batch 1 vs 4: float32 summation order

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt
+import datasets
 import run_class_finetuning as rcf
 from datasets import TooManyBadSamplesError
 from demo_data import make_demo_dataset
@@ -134,7 +135,9 @@ def test_two_process_evaluation_equals_one_process(demo_root, tmp_path):
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     one = {r["id"]: r for r in read_pred(tmp_path / "one" / "pred.csv")}
     two = read_pred(tmp_path / "two" / "pred.csv")
-    assert sorted(one) == sorted(r["id"] for r in two)
+    listed = [line.split()[0] for line in (demo_root / "test.csv").read_text().splitlines()]
+    assert list(one) == listed  # one process: the list's order; two: the order the original's merge meets them in
+    assert [r["id"] for r in two] == [listed[i] for i in datasets.original_test_order(len(listed), 4, 2)]
     for row in two:
         assert row["pred"] == one[row["id"]]["pred"]
         assert all(abs(float(row[k]) - float(one[row["id"]][k])) < 1e-6 for k in list(row)[3:])
