@@ -279,12 +279,22 @@ def unpack_batch(batch, fields: int, bad_samples) -> tuple:
     return tuple(batch)
 
 
+def padded_forward(model: nn.Module, samples: torch.Tensor, pad_to: int | None) -> torch.Tensor:
+    """model(samples), with a smaller batch first filled up to `pad_to` clips with copies of its last one and their
+    outputs dropped: a model compiled with static shapes then sees one batch size, whatever the last batch holds."""
+    if pad_to is None or len(samples) >= pad_to:
+        return model(samples)
+    filler = samples[-1:].expand(pad_to - len(samples), *samples.shape[1:])
+    return model(torch.cat((samples, filler)))[:len(samples)]
+
+
 @torch.no_grad()
 def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, num_classes: int,
-             precision: Precision = FLOAT32, bad_samples=None) -> dict:
+             precision: Precision = FLOAT32, bad_samples=None, pad_to: int | None = None) -> dict:
     """Validation: hard-label cross-entropy, acc@1/5 and UAR/WAR/F1 over every readable clip (gathered across
-    ranks); unreadable ones (skip_bad) go to `bad_samples`. `model` is the plain module, not DDP's wrapper: its
-    forward makes no collective, so a process whose batch was unreadable can skip it."""
+    ranks); unreadable ones (skip_bad) go to `bad_samples`. `model` is the plain module (or its compiled form,
+    `training.evaluation_model`), not DDP's wrapper: its forward makes no collective, so a process whose batch was
+    unreadable can skip it. `pad_to`: see `padded_forward`."""
     model.eval()
     records = []
     for batch in tqdm(data_loader, desc="validation", disable=not utils.is_main_process(), dynamic_ncols=True):
@@ -293,7 +303,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
             continue
         samples, targets = samples.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with precision.autocast(device):
-            logits = model(samples)
+            logits = padded_forward(model, samples, pad_to)
         logits = logits.float()
         losses = nn.functional.cross_entropy(logits, targets, reduction="none")
         ranked = logits.topk(min(5, num_classes), dim=1).indices
@@ -317,18 +327,18 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
 
 
 @torch.no_grad()
-def predict_views(data_loader: Iterable, model: nn.Module, device: torch.device,
-                  precision: Precision = FLOAT32) -> list[tuple[str, int, int, int, np.ndarray]]:
+def predict_views(data_loader: Iterable, model: nn.Module, device: torch.device, precision: Precision = FLOAT32,
+                  pad_to: int | None = None) -> list[tuple[str, int, int, int, np.ndarray]]:
     """Softmax probabilities (float64) of every test view on this rank: (clip id, label, chunk, crop, probs).
 
     An item stands for its `num_crops` identical spatial views (`datasets.ClipDataset`): it is computed once and
-    its probabilities are every one of those views' record."""
+    its probabilities are every one of those views' record. `pad_to`: see `padded_forward`."""
     model.eval()
     records = []
     for samples, targets, ids, chunks, num_crops in tqdm(data_loader, desc="test", dynamic_ncols=True,
                                                          disable=not utils.is_main_process()):
         with precision.autocast(device):
-            logits = model(samples.to(device, non_blocking=True))
+            logits = padded_forward(model, samples.to(device, non_blocking=True), pad_to)
         probs = torch.softmax(logits.double(), dim=1).cpu().numpy()
         for clip_id, label, chunk, crops, p in zip(ids, targets.tolist(), chunks.tolist(), num_crops.tolist(), probs):
             records += [(clip_id, label, chunk, crop, p) for crop in range(crops)]

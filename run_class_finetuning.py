@@ -176,9 +176,9 @@ def resolve_fusion(args: argparse.Namespace, output_dir: Path) -> str:
 
 
 def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, data_loader, precision, *,
-               epoch: int | str | None, header: str | None, checkpoint: str | None) -> None:
+               epoch: int | str | None, header: str | None, checkpoint: str | None, pad_to: int | None) -> None:
     """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written and summarised."""
-    records = engine.predict_views(data_loader, model, run.device, precision)
+    records = engine.predict_views(data_loader, model, run.device, precision, pad_to=pad_to)
     gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
     if run.is_main:
         clips = data_loader.dataset.annotations
@@ -188,6 +188,11 @@ def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, da
                                   checkpoint=checkpoint, epoch=epoch,
                                   order=list(dict.fromkeys(clips[i].clip_id for i in order)))
         logging.info(format_summary(stats, run.output_dir))
+
+
+def pad_to(args: argparse.Namespace, *loaders) -> int | None:
+    """The one batch size of the compiled evaluation model (--compile): the largest of the evaluation loaders'."""
+    return max(loader.batch_size for loader in loaders if loader is not None) if args.compile else None
 
 
 def data_lists(args: argparse.Namespace) -> list[Path]:
@@ -232,12 +237,13 @@ def main(args: argparse.Namespace) -> nn.Module:
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logging.info("model %s (fusion %s): %d trainable parameters", args.model, fusion, n_parameters)
 
+    eval_model = training.evaluation_model(model, compile=args.compile)
     if args.eval:
         state = training.resume(args, run, model, evaluating=True)
         if not state.checkpoint and not args.finetune:
             logging.warning("--eval without a checkpoint: testing an untrained model")
-        final_test(args, run, model, loader_test, precision, epoch=None, header=None,
-                   checkpoint=state.checkpoint or args.finetune or None)
+        final_test(args, run, eval_model, loader_test, precision, epoch=None, header=None,
+                   checkpoint=state.checkpoint or args.finetune or None, pad_to=pad_to(args, loader_test))
         return model
 
     dataset_train = build_dataset(is_train=True, test_mode=False, args=args)[0]
@@ -286,8 +292,9 @@ def main(args: argparse.Namespace) -> nn.Module:
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
         if loader_val is not None:
             dataset_val.set_epoch(epoch)
-            val_stats = engine.evaluate(loader_val, model, device, num_classes=args.nb_classes, precision=precision,
-                                        bad_samples=state.bad_samples)
+            val_stats = engine.evaluate(loader_val, eval_model, device, num_classes=args.nb_classes,
+                                        precision=precision, bad_samples=state.bad_samples,
+                                        pad_to=pad_to(args, loader_test, loader_val))
             logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
                          val_stats["uar"], val_stats["war"], val_stats["loss"])
             if val_stats[args.val_metric] > state.best_metric and args.save_ckpt:
@@ -307,8 +314,8 @@ def main(args: argparse.Namespace) -> nn.Module:
         tested = str(run.output_dir / "checkpoint-best.pth")
         checkpoint.load_model_weights(model, tested)
         epoch = "best"
-    final_test(args, run, model, loader_test, precision, epoch=epoch, header=f"{args.final_model} epoch model",
-               checkpoint=tested)
+    final_test(args, run, eval_model, loader_test, precision, epoch=epoch, header=f"{args.final_model} epoch model",
+               checkpoint=tested, pad_to=pad_to(args, loader_test, loader_val))
     return model
 
 

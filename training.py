@@ -245,6 +245,14 @@ def distributed_model(model: nn.Module, run: Run, *, compile: bool = False, sync
     return torch.compile(model) if compile else model
 
 
+def evaluation_model(model: nn.Module, *, compile: bool = False) -> nn.Module:
+    """The model validation and test call: the plain module (no DDP: its forward makes no collective), with --compile
+    compiled for static shapes. The engine pads each evaluation batch to one size (`engine.padded_forward`), so one
+    graph serves every validation and test batch, the last partial ones included: nothing recompiles
+    (benchmarks/bench_compile.py measures this against a dynamic batch dimension)."""
+    return torch.compile(model, dynamic=False) if compile else model
+
+
 @contextmanager
 def naming_last_checkpoint(output_dir: str | Path) -> Iterator[None]:
     """A non-finite loss stops the run with the newest checkpoint to go back to in its message."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import random
@@ -407,6 +408,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", nargs="*", default=["loader", "device", "decode", "resize"],
                    choices=["loader", "device", "decode", "resize"])
     p.add_argument("--gpu_rows", action="store_true", help="also the GPU check's rows, on --device")
+    p.add_argument("--json", default=None, help="also write the GPU check's rows to this JSON file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=2, help="loader workers of the GPU rows")
     p.add_argument("--num_frames", type=int, default=16)
@@ -471,8 +473,12 @@ def main(args: argparse.Namespace) -> None:
                 print(f"{name:<30} {spread(rates):>18}")
         if args.gpu_rows:
             print(f"\n{'GPU check row':<48} {'unit':<9} {'value':>18}")
-            for name, unit, values in gpu_rows(args.device, folders, args):
+            rows = gpu_rows(args.device, folders, args)
+            for name, unit, values in rows:
                 print(f"{name:<48} {unit:<9} {spread(values):>18}")
+            if args.json:
+                Path(args.json).write_text(json.dumps([dict(row=name, unit=unit, median=float(np.median(values)),
+                                                            values=values) for name, unit, values in rows]))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The prepared GPU check of issue 12: one run of at most ~8 minutes on one GPU (16 cores), one report.
+"""The prepared GPU check of issues 12 and 14: one run of at most ~9 minutes on one GPU (16 cores), one report.
 
     bash benchmarks/gpu_check.sh OUT_DIR             # on the GPU machine: installs carried wheels, then this script
     python benchmarks/gpu_check.py --out OUT_DIR     # the same without the wheels
@@ -9,19 +9,26 @@ had). Parts, each its own section with a time budget; an error or a timeout is r
 
 1. env: versions, the device, native bf16, NCCL, /dev/shm, a measured bf16 matmul rate;
 2. finetune_steps: the full-size fine-tune model (vit_base_dim512_no_depth_patch16_160, depth 16, regions 2 5 10,
-   region pooling; fusion none and add) at batch 32: train steps in bf16 eager, fp16 + GradScaler and bf16
-   compiled: clips/s, MFU (FLOPs of a step from FlopCounterMode; peak from PEAK_TFLOPS by device name) and host
-   syncs per step (torch.cuda.set_sync_debug_mode("warn"), counted by call site);
-3. pretrain_step: the same for pretrain_videomae_base_dim512_no_depth_patch16_160 (part-window mask 0.9);
-4. nccl_one_rank: a 1-rank NCCL group (made by tests/fault_injection.py) in which both scripts' tiny demos run their
+   region pooling; fusion none and add) at batch 32: train steps in bf16 eager, bf16 eager with the convolutions
+   channels-last (bench_model.to_channels_last), fp16 + GradScaler and bf16 compiled: clips/s, MFU (FLOPs of a
+   step from FlopCounterMode; peak from PEAK_TFLOPS by device name) and host syncs per step
+   (torch.cuda.set_sync_debug_mode("warn"), counted by call site);
+3. data_path: benchmarks/bench_data.py's GPU rows (loader with 16 workers feeding the GPU in both --augment_on
+   modes, batched decode_jpeg on the GPU against OpenCV, DeviceAugment and resizing on the GPU); the report's
+   data_bound line sets the loader's clips/s against the fastest train step's;
+4. eval_compile: benchmarks/bench_compile.py, compiled evaluation with static shapes and the last batch padded
+   against a dynamic batch, and the graphs each compiles;
+5. pretrain_step: the same as 2 for pretrain_videomae_base_dim512_no_depth_patch16_160 (part-window mask 0.9);
+6. nccl_one_rank: a 1-rank NCCL group (made by tests/fault_injection.py) in which both scripts' tiny demos run their
    real epoch-end reductions and gathers, every collective checked by tests/collective_guard.py;
-5. two_process_demos: 2 processes on the one GPU (NCCL refuses two ranks on one device: gloo with CUDA tensors) run
+7. two_process_demos: 2 processes on the one GPU (NCCL refuses two ranks on one device: gloo with CUDA tensors) run
    the fine-tuning demo with --amp fp16 --compile --update_freq 2 --fusion add, and the pretraining demo;
-6. checkpoint_cpu_gpu: a checkpoint trained and saved on the GPU, tested on the CPU and on the GPU (bf16 and fp32),
+8. checkpoint_cpu_gpu: a checkpoint trained and saved on the GPU, tested on the CPU and on the GPU (bf16 and fp32),
    the test probabilities compared.
 
-With --cpu every part runs on the CPU at tiny size (no compile, gloo instead of NCCL with the NCCL device rules
-checked by the guard, bf16 autocast standing in for the GPU's precision): what the test suite runs.
+With --cpu every part runs on the CPU at tiny size (nothing compiled but eval_compile's static path, gloo instead
+of NCCL with the NCCL device rules checked by the guard, bf16 autocast standing in for the GPU's precision): what
+the test suite runs.
 
 Carry note: on the GPU machine `python3` is Python 3.12 with torch 2.11, timm, einops, OpenCV, pandas, protobuf
 and tensorboard, but neither decord (pretraining reads videos with it) nor tensorboardX (both entry scripts import
@@ -76,8 +83,8 @@ PT_TINY = dict(model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", img=32
                mask_ratio=0.5, window=(1, 2),
                kwargs=dict(encoder_depth=1, decoder_depth=1, attn_type="local_global", lg_region_size=[2, 1, 2],
                            img_size=32))
-BUDGETS = dict(env=15, finetune_steps=170, pretrain_step=30, nccl_one_rank=60, two_process_demos=130,
-               checkpoint_cpu_gpu=65)
+BUDGETS = dict(env=15, finetune_steps=170, data_path=50, eval_compile=60, pretrain_step=30, nccl_one_rank=45,
+               two_process_demos=100, checkpoint_cpu_gpu=50)
 MIN_PART_SECONDS = 10
 
 
@@ -240,15 +247,19 @@ def part_env(part: Part) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 2-3. training steps of the full-size models
+# 2, 5. training steps of the full-size models
 
-def finetune_step_fn(model, cfg: dict, device: torch.device, amp: str, compiled: bool):
+def finetune_step_fn(model, cfg: dict, device: torch.device, amp: str, compiled: bool, channels_last: bool = False):
+    from bench_model import to_channels_last
     from timm.optim import create_optimizer_v2
 
+    x = torch.randn(cfg["batch"], 3, cfg["frames"], cfg["img"], cfg["img"], device=device)
+    if channels_last:  # the patch embedding's and the CA branch's convolutions (bench_model.py)
+        model = to_channels_last(model)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     forward = torch.compile(model) if compiled else model
-    x = torch.randn(cfg["batch"], 3, cfg["frames"], cfg["img"], cfg["img"], device=device)
     y = torch.randint(0, cfg["classes"], (cfg["batch"],), device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
@@ -275,23 +286,25 @@ def part_finetune_steps(part: Part) -> None:
     cfg = FT_TINY if part.tiny else FT_FULL
     device = part.device
     _, peak = peak_tflops()
-    variants = [("bf16", False), ("fp16", False)] + ([] if part.cpu else [("bf16", True)])
+    # (amp, compiled, channels_last); the compiled ones last: their compilation takes most of the budget
+    variants = [("bf16", False, False), ("bf16", False, True), ("fp16", False, False)]
+    variants += [] if part.cpu else [("bf16", True, False)]
     rows = part.result.setdefault("rows", [])
     part.result.update(model=cfg["model"], batch=cfg["batch"], input=f"{cfg['frames']}x{cfg['img']}^2",
                        peak_tflops=peak)
     if part.cpu:
         part.result["compile"] = "skipped on the CPU (timed on CUDA only)"
     flops = {}
-    for amp, compiled in variants:  # the compiled ones last: their compilation takes most of the budget
+    for amp, compiled, channels_last in variants:
         for fusion in (None, "add"):
             row = {"fusion": fusion or "none", "variant": amp + (" compiled" if compiled else "") +
-                   (" + GradScaler" if amp == "fp16" else "")}
+                   (" channels_last" if channels_last else "") + (" + GradScaler" if amp == "fp16" else "")}
             rows.append(row)
             try:
                 torch.manual_seed(0)
                 model = timm.create_model(cfg["model"], num_classes=cfg["classes"], fusion=fusion,
                                           **cfg["kwargs"]).to(device).train()
-                step = finetune_step_fn(model, cfg, device, amp, compiled)
+                step = finetune_step_fn(model, cfg, device, amp, compiled, channels_last)
                 if fusion not in flops:
                     step()  # FLOPs after one warm-up step, on the eager model
                     flops[fusion] = step_flops(step)
@@ -358,7 +371,7 @@ def part_pretrain_step(part: Part) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 4-6. the entry scripts
+# 6-8. the entry scripts
 
 def demo_data(part: Part) -> tuple[Path, Path]:
     """Demo clips and videos shared by the script parts (generated once, in the report folder's work/)."""
@@ -523,9 +536,54 @@ def part_checkpoint_cpu_gpu(part: Part) -> None:
                                               f"{agree}/{len(reference)}"}
 
 
-PARTS = {"env": part_env, "finetune_steps": part_finetune_steps, "pretrain_step": part_pretrain_step,
-         "nccl_one_rank": part_nccl_one_rank, "two_process_demos": part_two_process_demos,
-         "checkpoint_cpu_gpu": part_checkpoint_cpu_gpu}
+# --------------------------------------------------------------------------------------------------------------
+# 3-4. the fine-tuning data path feeding the device, compiled evaluation (issue 14)
+
+def part_data_path(part: Part) -> None:
+    """benchmarks/bench_data.py's GPU rows, in a process of its own: the loader with 16 workers feeding the device
+    (both --augment_on modes), batched decode_jpeg on the device against OpenCV, DeviceAugment and resizing there."""
+    rows = part.work / "rows.json"
+    size = (["--workers", "2", "--batch", "4", "--clips", "4", "--frame_size", "48", "--short_side_size", "32",
+             "--input_size", "32"] if part.tiny else
+            ["--workers", str(min(16, os.cpu_count() or 1)), "--batch", "64", "--clips", "48"])
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--sections", "--gpu_rows", "--device",
+           part.device.type, "--repeats", "2", "--videos", "0", "--json", str(rows), *size]
+    part.result.update(run_script(cmd, part.work / "output.txt", timeout=part.left() - 2,
+                                  env={"OMP_NUM_THREADS": "1"}))
+    if rows.is_file():
+        part.result["rows"] = [{k: v for k, v in row.items() if k != "values"} for row in json.loads(rows.read_text())]
+
+
+def part_eval_compile(part: Part) -> None:
+    """benchmarks/bench_compile.py: after a compiled training step, evaluation eager, compiled with static shapes and
+    the last batch padded (the scripts' --compile), with a dynamic batch, and with torch's automatic default: the
+    first calls' seconds, ms per full / partial batch, and the graphs compiled for evaluation (1 = no recompile)."""
+    from bench_compile import VARIANTS, compile_rows
+
+    cfg = FT_TINY if part.tiny else FT_FULL
+    batch = cfg["batch"]
+    variants = ("eager", "static + pad") if part.cpu else VARIANTS  # CPU: the scripts' path only (compile is slow)
+    part.result.update(model=cfg["model"], train_batch=batch, eval_batch=int(1.5 * batch), partial=batch // 2 - 3)
+    part.result["rows"] = compile_rows(cfg, part.device, "bf16", batch, int(1.5 * batch), max(batch // 2 - 3, 1),
+                                       steps=3 if part.tiny else 10, rounds=1, variants=variants)
+
+
+def data_bound(parts: dict) -> dict | None:
+    """Whether the fine-tuning step waits for data: the loader's clips/s (--augment_on device, the CUDA default)
+    against the fastest train step's, from the data_path and finetune_steps parts."""
+    loader = [r["median"] for r in parts.get("data_path", {}).get("result", {}).get("rows", [])
+              if r["row"].startswith("loader") and r["row"].endswith("device")]
+    steps = [r["clips_per_s"] for r in parts.get("finetune_steps", {}).get("result", {}).get("rows", [])
+             if r.get("clips_per_s")]
+    if not loader or not steps:
+        return None
+    return {"loader_clips_per_s": round(loader[0], 1), "fastest_step_clips_per_s": max(steps),
+            "data_bound": loader[0] < max(steps)}
+
+
+PARTS = {"env": part_env, "finetune_steps": part_finetune_steps, "data_path": part_data_path,
+         "eval_compile": part_eval_compile, "pretrain_step": part_pretrain_step, "nccl_one_rank": part_nccl_one_rank,
+         "two_process_demos": part_two_process_demos, "checkpoint_cpu_gpu": part_checkpoint_cpu_gpu}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -533,7 +591,7 @@ PARTS = {"env": part_env, "finetune_steps": part_finetune_steps, "pretrain_step"
 
 def render_markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['mode']})", "", f"{report['started']}; {report['seconds']:.0f} s of a "
-             f"{report['budget_s']:.0f} s budget.", ""]
+             f"{report['budget_s']:.0f} s budget.", "", f"Data-bound fine-tuning step: {report.get('data_bound')}", ""]
     for name, part in report["parts"].items():
         lines += [f"## {name}: {part['status']} ({part['seconds']:.0f} s of {part['budget']:.0f})", ""]
         if part.get("error"):
@@ -566,7 +624,7 @@ def write_report(report: dict, out: Path) -> None:
 def main(args: argparse.Namespace) -> dict:
     cpu = args.cpu or not torch.cuda.is_available()
     tiny = args.tiny or cpu
-    args.budget = args.budget or (900 if cpu else 470)
+    args.budget = args.budget or (1100 if cpu else 510)
     args.budget_scale = args.budget_scale or (2 if cpu else 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -600,6 +658,7 @@ def main(args: argparse.Namespace) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         print(f"gpu_check: {name}: {entry['status']} in {entry['seconds']:.0f} s", flush=True)
+        report["data_bound"] = data_bound(report["parts"])
         write_report(report, out)
     write_report(report, out)
     return report
@@ -610,7 +669,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="saved/gpu_check", help="folder for gpu_check.md / .json and the parts' files")
     p.add_argument("--cpu", action="store_true", help="run every part on the CPU at tiny size (auto without CUDA)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data on the GPU too (a quick rehearsal)")
-    p.add_argument("--budget", type=float, default=None, help="seconds for all parts together (470; --cpu: 900)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for all parts together (510; --cpu: 1100)")
     p.add_argument("--budget_scale", type=float, default=None,
                    help="multiply every part's budget (1; --cpu: 2, for a small shared CPU)")
     p.add_argument("--parts", default="", help=f"comma-separated subset of {', '.join(PARTS)}")

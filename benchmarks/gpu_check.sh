@@ -18,7 +18,7 @@ if [ -d "$WHEELS" ]; then
     fi
 fi
 export PYTHONUNBUFFERED=1
-timeout -k 10 "${GPU_CHECK_TIMEOUT:-500}" "$PY" benchmarks/gpu_check.py --out "$OUT" "$@"
+timeout -k 10 "${GPU_CHECK_TIMEOUT:-540}" "$PY" benchmarks/gpu_check.py --out "$OUT" "$@"
 status=$?
 [ -f "$OUT/gpu_check.md" ] && cat "$OUT/gpu_check.md"
 exit $status

@@ -134,7 +134,7 @@ def test_identical_test_views_are_computed_once_and_give_every_view_its_probabil
     assert sorted((r[0], r[2], r[3]) for r in records) == sorted(
         (e.clip_id, chunk, crop) for e in entries for chunk in range(2) for crop in range(3))
     by_view = {}
-    for clip_id, label, chunk, crop, probs in records:
+    for clip_id, _, chunk, _, probs in records:
         by_view.setdefault((clip_id, chunk), []).append(probs)
     for (clip_id, chunk), views in by_view.items():
         assert all(np.array_equal(views[0], p) for p in views)  # the spatial views: the same bits

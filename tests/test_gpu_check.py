@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["env", "finetune_steps", "pretrain_step", "nccl_one_rank", "two_process_demos", "checkpoint_cpu_gpu"]
+PARTS = ["env", "finetune_steps", "data_path", "eval_compile", "pretrain_step", "nccl_one_rank", "two_process_demos",
+         "checkpoint_cpu_gpu"]
 
 
 @pytest.mark.slow
@@ -30,9 +31,17 @@ def test_gpu_check_runs_every_part_on_the_cpu_and_writes_one_report(tmp_path):
     assert parts["env"]["torch"] and parts["env"]["cuda_available"] is False
     rows = parts["finetune_steps"]["rows"]
     assert [(r["fusion"], r["variant"]) for r in rows] == [
-        (f, v) for v in ("bf16", "fp16 + GradScaler") for f in ("none", "add")]
+        (f, v) for v in ("bf16", "bf16 channels_last", "fp16 + GradScaler") for f in ("none", "add")]
     assert all("error" not in r and r["clips_per_s"] > 0 for r in rows), rows
     assert parts["finetune_steps"]["gflops_per_step_none"] > 0
+    data_rows = {r["row"]: r for r in parts["data_path"]["rows"]}
+    assert parts["data_path"]["exit"] == 0 and all(r["median"] > 0 for r in data_rows.values()), parts["data_path"]
+    assert {"loader, 2 workers, --augment_on workers", "loader, 2 workers, --augment_on device"} <= set(data_rows)
+    assert report["data_bound"]["loader_clips_per_s"] == round(data_rows["loader, 2 workers, --augment_on device"][
+        "median"], 1) and isinstance(report["data_bound"]["data_bound"], bool)
+    compiled = {r["variant"]: r for r in parts["eval_compile"]["rows"]}
+    assert set(compiled) == {"eager", "static + pad"} and compiled["eager"]["eval_graphs"] == 0
+    assert compiled["static + pad"]["eval_graphs"] == 1  # the full and the padded last batch share one graph
     assert parts["pretrain_step"]["clips_per_s"] > 0 and parts["pretrain_step"]["gflops_per_step"] > 0
     for name in ("finetuning", "pretraining"):  # the scripts ran in a 1-rank group, their collectives recorded
         assert parts["nccl_one_rank"][name]["collectives"] > 0, parts["nccl_one_rank"][name]
