@@ -143,3 +143,51 @@ def test_identical_test_views_are_computed_once_and_give_every_view_its_probabil
         with torch.no_grad():
             alone = torch.softmax(model.head(view[0][None]).double(), dim=1)[0].numpy()
         np.testing.assert_allclose(views[0], alone, rtol=0, atol=1e-6)  # batch 1 vs 4: float32 summation order
+
+
+def test_a_padded_batch_gives_the_rows_of_the_unpadded_one():
+    torch.manual_seed(0)
+    model = CountingRows(8).eval()
+    clips = torch.randn(3, 3, 4, 8, 8)
+    with torch.no_grad():
+        padded = engine.padded_forward(model, clips, pad_to=5)
+        assert model.rows == 5 and padded.shape == (3, 5)
+        torch.testing.assert_close(padded, model(clips), rtol=0, atol=1e-6)
+        assert engine.padded_forward(model, clips, pad_to=None).shape == (3, 5) and model.rows == 5 + 3 + 3
+        assert engine.padded_forward(model, clips, pad_to=3).shape == (3, 5) and model.rows == 5 + 3 + 3 + 3
+
+
+def test_validation_metrics_do_not_change_with_padding():
+    torch.manual_seed(0)
+    model = CountingRows(8)
+    clips, labels = torch.randn(7, 3, 4, 8, 8), torch.randint(0, 5, (7,))
+    loader = [(clips[i:i + 3], labels[i:i + 3], [f"c{j}" for j in range(i, min(i + 3, 7))]) for i in range(0, 7, 3)]
+    plain = engine.evaluate(loader, model, torch.device("cpu"), num_classes=5)
+    rows = model.rows
+    padded = engine.evaluate(loader, model, torch.device("cpu"), num_classes=5, pad_to=3)
+    assert model.rows - rows == 9 and rows == 7  # the last batch of 1 ran as 3
+    assert padded["num_clips"] == plain["num_clips"] == 7
+    assert padded == pytest.approx(plain, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_evaluation_runs_full_and_last_batches_on_one_graph():
+    import timm
+    from torch._dynamo.utils import counters
+
+    import modeling_finetune  # noqa: F401  (registers the models)
+    import training
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_dim128_no_depth_patch16_64", img_size=32, depth=1, num_classes=5,
+                              all_frames=16, lg_region_size=[2, 1, 2], lg_classify_token_type="region",
+                              fusion="add").eval()
+    compiled = training.evaluation_model(model, compile=True)
+    with torch.no_grad():
+        for size in (6, 6, 2, 5):  # full batches, then last batches of other sizes
+            clips = torch.randn(size, 3, 16, 32, 32)
+            out = engine.padded_forward(compiled, clips, pad_to=6)
+            torch.testing.assert_close(out, model(clips), rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
