@@ -190,7 +190,7 @@ def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, da
         logging.info(format_summary(stats, run.output_dir))
 
 
-def pad_to(args: argparse.Namespace, *loaders) -> int | None:
+def eval_batch_size(args: argparse.Namespace, *loaders) -> int | None:
     """The one batch size of the compiled evaluation model (--compile): the largest of the evaluation loaders'."""
     return max(loader.batch_size for loader in loaders if loader is not None) if args.compile else None
 
@@ -243,7 +243,7 @@ def main(args: argparse.Namespace) -> nn.Module:
         if not state.checkpoint and not args.finetune:
             logging.warning("--eval without a checkpoint: testing an untrained model")
         final_test(args, run, eval_model, loader_test, precision, epoch=None, header=None,
-                   checkpoint=state.checkpoint or args.finetune or None, pad_to=pad_to(args, loader_test))
+                   checkpoint=state.checkpoint or args.finetune or None, pad_to=eval_batch_size(args, loader_test))
         return model
 
     dataset_train = build_dataset(is_train=True, test_mode=False, args=args)[0]
@@ -294,7 +294,7 @@ def main(args: argparse.Namespace) -> nn.Module:
             dataset_val.set_epoch(epoch)
             val_stats = engine.evaluate(loader_val, eval_model, device, num_classes=args.nb_classes,
                                         precision=precision, bad_samples=state.bad_samples,
-                                        pad_to=pad_to(args, loader_test, loader_val))
+                                        pad_to=eval_batch_size(args, loader_test, loader_val))
             logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
                          val_stats["uar"], val_stats["war"], val_stats["loss"])
             if val_stats[args.val_metric] > state.best_metric and args.save_ckpt:
@@ -315,7 +315,7 @@ def main(args: argparse.Namespace) -> nn.Module:
         checkpoint.load_model_weights(model, tested)
         epoch = "best"
     final_test(args, run, eval_model, loader_test, precision, epoch=epoch, header=f"{args.final_model} epoch model",
-               checkpoint=tested, pad_to=pad_to(args, loader_test, loader_val))
+               checkpoint=tested, pad_to=eval_batch_size(args, loader_test, loader_val))
     return model
 
 
