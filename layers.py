@@ -2,9 +2,11 @@
 
 PyTorch sends float32 CPU matmuls to MKL, which on AMD processors runs its AVX2 path; oneDNN's float32
 kernels use AVX-512 there and are ~2x faster, with the same float32 arithmetic (differences are rounding
-order, ~1e-6 relative). So `linear` runs float32 CPU matmuls through oneDNN; everywhere else (CUDA, autocast,
-other dtypes, torch.compile) it is F.linear. Attention goes through fused SDPA. FLOP formulas for the two CPU
-kernels that `torch.utils.flop_counter` does not know are registered here, so FlopCounterMode counts them.
+order, ~1e-6 relative). On Intel processors MKL takes its AVX-512 path and is as fast in the forward and faster
+in the backward (benchmarks/bench_model.py, `--linear`). So `linear` runs float32 CPU matmuls through oneDNN
+where the processor is not Intel's (`ONEDNN_LINEAR`); everywhere else (Intel, CUDA, autocast, other dtypes,
+torch.compile) it is F.linear. Attention goes through fused SDPA. FLOP formulas for the two CPU kernels that
+`torch.utils.flop_counter` does not know are registered here, so FlopCounterMode counts them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,19 @@ from torch import nn
 from torch.utils.flop_counter import register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def cpu_vendor() -> str:
+    """The processor's vendor id (GenuineIntel, AuthenticAMD, ...), or "" where /proc/cpuinfo does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+# Whether float32 CPU matmuls go through oneDNN (read at every call: benchmarks and tests may set it).
+ONEDNN_LINEAR = _ONEDNN and cpu_vendor() != "GenuineIntel"
 
 
 def _onednn_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -63,13 +78,13 @@ def _sdpa_cpu_backward_flop(grad_out_shape, query_shape, key_shape, value_shape,
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     # Anything unusual (empty input, mismatched sizes) goes to F.linear, which handles it or explains the error.
-    return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    return (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.numel() > 0 and x.shape[-1] == weight.shape[-1]
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, computed by oneDNN for float32 CPU tensors."""
+    """F.linear, computed by oneDNN for float32 CPU tensors where `ONEDNN_LINEAR`."""
     if _use_onednn(x, weight):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -6,8 +6,9 @@ parameters. Each measurement runs in its own process so that peak RSS is that co
 baseline and our variants take turns, round after round, so that a busy machine slows all of them alike: every
 figure is the median [min-max] over the rounds, the speed-up that of the per-round ratios.
 
-The `channels_last` variant stores the patch embedding's Conv3d and the CA branch's Conv2d weights (and the input
-clip) channels-last (`channels_last_3d` / `channels_last`): the measurement that decides whether the models use it.
+Variants of ours: `cl` stores the patch embedding's Conv3d and the CA branch's Conv2d weights (and the input clip)
+channels-last (`channels_last_3d` / `channels_last`), the measurement that decides whether the models use it;
+`onednn` / `mkl` force the float32 CPU matmul kernel that `layers.ONEDNN_LINEAR` does not pick on this processor.
 
     python benchmarks/bench_model.py                 # CPU: batch 1 and 8, eval and train step, both models
     python benchmarks/bench_model.py --batch 1 --rounds 2   # quicker
@@ -24,6 +25,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import timm  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+import layers  # noqa: E402
 import modeling_finetune  # noqa: E402, F401  (registers the models)
 import utils  # noqa: E402
 
@@ -66,9 +69,23 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def measure(impl: str, model_name: str, mode: str, batch: int, device: str, amp: str, compile_: bool,
-            channels_last: bool, repeats: int) -> dict:
+class Variant(NamedTuple):
+    amp: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    onednn: bool | None = None  # the float32 CPU matmul kernel: None = layers.ONEDNN_LINEAR's choice
+
+    @property
+    def name(self) -> str:
+        kernel = "" if self.onednn is None else " onednn" if self.onednn else " mkl"
+        return self.amp + (" compile" if self.compile else "") + (" cl" if self.channels_last else "") + kernel
+
+
+def measure(impl: str, model_name: str, mode: str, batch: int, device: str, variant: list, repeats: int) -> dict:
     """Time one configuration in this process; returns the median seconds per step and the peak memory."""
+    amp, compile_, channels_last, onednn = Variant(*variant)
+    if onednn is not None:
+        layers.ONEDNN_LINEAR = onednn
     torch.manual_seed(0)
     fusion = MODELS[model_name][1]
     model = build(impl, fusion).to(device)
@@ -132,19 +149,12 @@ def matmul_rates() -> dict[str, float]:
     return rates
 
 
-def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, batch: int,
-              variant: tuple[str, bool, bool]) -> dict:
-    amp, compile_, channels_last = variant
-    config = dict(impl=impl, model_name=model_name, mode=mode, batch=batch, device=args.device, amp=amp,
-                  compile_=compile_, channels_last=channels_last, repeats=args.repeats)
+def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, batch: int, variant: Variant) -> dict:
+    config = dict(impl=impl, model_name=model_name, mode=mode, batch=batch, device=args.device, variant=variant,
+                  repeats=args.repeats)
     cmd = [sys.executable, __file__, "--child", json.dumps(config), "--threads", str(args.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def variant_name(variant: tuple[str, bool, bool]) -> str:
-    amp, compile_, channels_last = variant
-    return amp + (" compile" if compile_ else "") + (" cl" if channels_last else "")
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -169,24 +179,27 @@ def main(args: argparse.Namespace) -> None:
     rates = matmul_rates()
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads; float32 GEMM rate: "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
-    variants = [("fp32", False, False), ("fp32", False, True)]
+    variants = [Variant(), Variant(channels_last=True)]
+    if args.device == "cpu" and layers._ONEDNN:
+        variants.append(Variant(onednn=not layers.ONEDNN_LINEAR))
     if args.device == "cuda":
-        variants += [("bf16", False, False), ("bf16", False, True), ("bf16", True, False)]
+        variants += [Variant("bf16"), Variant("bf16", channels_last=True), Variant("bf16", compile=True)]
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}; {args.rounds} rounds, each "
           f"the median of {args.repeats} timed steps after one warm-up")
     header = (f"{'model':9} {'mode':5} {'batch':>5} {'variant':12} {'ours s/clip':>21} {'baseline s/clip':>21} "
               f"{'speed-up':>19} {'peak GiB':>8} {'mem ratio':>9} {'of GEMM':>7}")
-    for model_name, (key, _) in MODELS.items():
+    for model_name in args.models:
+        key = MODELS[model_name][0]
         gflops = count_gflops(model_name)
         reference = expected[key]["flops_1clip"]["gflops"]
         print(f"\n{model_name}: {gflops:.3f} GFLOPs per clip (FlopCounterMode); original {reference:.3f} "
               f"({100 * (gflops / reference - 1):+.2f}%)")
         print(header)
-        for mode in ("eval", "train"):
+        for mode in args.modes:
             for batch in args.batch:
                 base, ours = [], {variant: [] for variant in variants}
                 for _ in range(args.rounds):
-                    base.append(run_child(args, "reference", model_name, mode, batch, ("fp32", False, False)))
+                    base.append(run_child(args, "reference", model_name, mode, batch, Variant()))
                     for variant in variants:
                         ours[variant].append(run_child(args, "ours", model_name, mode, batch, variant))
                 base_s = [b["seconds"] / batch for b in base]
@@ -196,12 +209,13 @@ def main(args: argparse.Namespace) -> None:
                     peak = max(r["peak_bytes"] for r in runs)
                     flops = gflops * (3 if mode == "train" else 1)
                     share = 100 * flops / float(np.median(per_clip)) / max(rates.values())
-                    print(f"{model_name:9} {mode:5} {batch:5} {variant_name(variant):12} {spread(per_clip):>21} "
+                    print(f"{model_name:9} {mode:5} {batch:5} {variant.name:12} {spread(per_clip):>21} "
                           f"{spread(base_s):>21} {spread(ratios, 2) + 'x':>19} {peak / 2**30:8.2f} "
                           f"{peak / max(b['peak_bytes'] for b in base):9.2f} {share:6.0f}%")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     print("speed-up and mem ratio: ours against the original-style baseline, measured now, same process setup; "
-          "cl = channels_last.")
+          f"cl = channels_last; ours' float32 CPU matmuls: {'oneDNN' if layers.ONEDNN_LINEAR else 'MKL'} "
+          f"({layers.cpu_vendor() or 'unknown vendor'}), onednn / mkl: the other kernel forced.")
     print("of GEMM: achieved FLOP rate (train = 3x forward FLOPs) as a share of the faster GEMM rate above.")
     print("Original code as reported on the 2-core reference machine (batch 1): "
           + ", ".join(f"{m} {mode} {s:.3f} s" for (m, mode), s in ORIGINAL_REPORTED.items()))
@@ -212,6 +226,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per process (their median is kept)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds in which the baseline and every variant take turns, each in a fresh process")
