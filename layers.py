@@ -2,11 +2,12 @@
 
 PyTorch sends float32 CPU matmuls to MKL, which on AMD processors runs its AVX2 path; oneDNN's float32
 kernels use AVX-512 there and are ~2x faster, with the same float32 arithmetic (differences are rounding
-order, ~1e-6 relative). On Intel processors MKL takes its AVX-512 path and is as fast in the forward and faster
-in the backward (benchmarks/bench_model.py, `--linear`). So `linear` runs float32 CPU matmuls through oneDNN
-where the processor is not Intel's (`ONEDNN_LINEAR`); everywhere else (Intel, CUDA, autocast, other dtypes,
-torch.compile) it is F.linear. Attention goes through fused SDPA. FLOP formulas for the two CPU kernels that
-`torch.utils.flop_counter` does not know are registered here, so FlopCounterMode counts them.
+order, ~1e-6 relative). On Intel processors MKL takes its AVX-512 path: as fast in the forward, faster in
+training at batch 8 (benchmarks/bench_model.py's `onednn` / `mkl` variants). So `linear` runs float32 CPU
+matmuls through oneDNN where the processor is not Intel's (`ONEDNN_LINEAR`); everywhere else (Intel, CUDA,
+autocast, other dtypes, torch.compile) it is F.linear. Attention goes through fused SDPA. FLOP formulas for
+the two CPU kernels that `torch.utils.flop_counter` does not know are registered here, so FlopCounterMode
+counts them.
 """
 
 from __future__ import annotations
