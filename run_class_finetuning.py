@@ -190,9 +190,10 @@ def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, da
         logging.info(format_summary(stats, run.output_dir))
 
 
-def eval_batch_size(args: argparse.Namespace, *loaders) -> int | None:
-    """The one batch size of the compiled evaluation model (--compile): the largest of the evaluation loaders'."""
-    return max(loader.batch_size for loader in loaders if loader is not None) if args.compile else None
+def eval_batch_size(args: argparse.Namespace, loader) -> int | None:
+    """With --compile, the size every batch of an evaluation loader is padded to: its own batch size (one static
+    graph for the validation batches, one for the test's)."""
+    return loader.batch_size if args.compile else None
 
 
 def data_lists(args: argparse.Namespace) -> list[Path]:
@@ -294,7 +295,7 @@ def main(args: argparse.Namespace) -> nn.Module:
             dataset_val.set_epoch(epoch)
             val_stats = engine.evaluate(loader_val, eval_model, device, num_classes=args.nb_classes,
                                         precision=precision, bad_samples=state.bad_samples,
-                                        pad_to=eval_batch_size(args, loader_test, loader_val))
+                                        pad_to=eval_batch_size(args, loader_val))
             logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
                          val_stats["uar"], val_stats["war"], val_stats["loss"])
             if val_stats[args.val_metric] > state.best_metric and args.save_ckpt:
@@ -315,7 +316,7 @@ def main(args: argparse.Namespace) -> nn.Module:
         checkpoint.load_model_weights(model, tested)
         epoch = "best"
     final_test(args, run, eval_model, loader_test, precision, epoch=epoch, header=f"{args.final_model} epoch model",
-               checkpoint=tested, pad_to=eval_batch_size(args, loader_test, loader_val))
+               checkpoint=tested, pad_to=eval_batch_size(args, loader_test))
     return model
 
 

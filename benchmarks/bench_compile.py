@@ -60,15 +60,16 @@ def graphs() -> int:
 
 
 def measure(variant: str, cfg: dict, device: torch.device, amp: str, train_batch: int, eval_batch: int,
-            partial: int, steps: int) -> dict:
-    """One variant, from a fresh dynamo state: the training step, then evaluation; times and compiled graphs."""
+            partial: int, steps: int, train_first: bool = True) -> dict:
+    """One variant, from a fresh dynamo state: the compiled training step (`train_first`), then evaluation; times
+    and the graphs compiled for evaluation."""
     torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(0)
     model = timm.create_model(cfg["model"], num_classes=cfg["classes"], fusion="add", **cfg["kwargs"]).to(device)
     precision = engine.Precision(amp, None)
     clip = (3, cfg["frames"], cfg["img"], cfg["img"])
-    if variant != "eager":  # the script's compiled training step comes first
+    if train_first and variant != "eager":  # the script's compiled training step comes first
         train = torch.compile(model)
         model.train()
         with precision.autocast(device):

@@ -9,8 +9,8 @@ had). Parts, each its own section with a time budget; an error or a timeout is r
 
 1. env: versions, the device, native bf16, NCCL, /dev/shm, a measured bf16 matmul rate;
 2. finetune_steps: the full-size fine-tune model (vit_base_dim512_no_depth_patch16_160, depth 16, regions 2 5 10,
-   region pooling; fusion none and add) at batch 32: train steps in bf16 eager, bf16 eager with the convolutions
-   channels-last (bench_model.to_channels_last), fp16 + GradScaler and bf16 compiled: clips/s, MFU (FLOPs of a
+   region pooling; fusion none and add) at batch 32: train steps in bf16 eager, fp16 + GradScaler, bf16 compiled
+   and bf16 eager with the convolutions channels-last (bench_model.to_channels_last): clips/s, MFU (FLOPs of a
    step from FlopCounterMode; peak from PEAK_TFLOPS by device name) and host syncs per step
    (torch.cuda.set_sync_debug_mode("warn"), counted by call site);
 3. data_path: benchmarks/bench_data.py's GPU rows (loader with 16 workers feeding the GPU in both --augment_on
@@ -83,8 +83,8 @@ PT_TINY = dict(model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", img=32
                mask_ratio=0.5, window=(1, 2),
                kwargs=dict(encoder_depth=1, decoder_depth=1, attn_type="local_global", lg_region_size=[2, 1, 2],
                            img_size=32))
-BUDGETS = dict(env=15, finetune_steps=170, data_path=50, eval_compile=60, pretrain_step=30, nccl_one_rank=45,
-               two_process_demos=100, checkpoint_cpu_gpu=50)
+BUDGETS = dict(env=15, finetune_steps=170, data_path=40, eval_compile=90, pretrain_step=30, nccl_one_rank=40,
+               two_process_demos=80, checkpoint_cpu_gpu=45)
 MIN_PART_SECONDS = 10
 
 
@@ -286,9 +286,10 @@ def part_finetune_steps(part: Part) -> None:
     cfg = FT_TINY if part.tiny else FT_FULL
     device = part.device
     _, peak = peak_tflops()
-    # (amp, compiled, channels_last); the compiled ones last: their compilation takes most of the budget
-    variants = [("bf16", False, False), ("bf16", False, True), ("fp16", False, False)]
-    variants += [] if part.cpu else [("bf16", True, False)]
+    # (amp, compiled, channels_last): the compiled ones late (their compilation takes most of the budget), the
+    # channels_last decision rows last
+    variants = [("bf16", False, False), ("fp16", False, False)]
+    variants += ([] if part.cpu else [("bf16", True, False)]) + [("bf16", False, True)]
     rows = part.result.setdefault("rows", [])
     part.result.update(model=cfg["model"], batch=cfg["batch"], input=f"{cfg['frames']}x{cfg['img']}^2",
                        peak_tflops=peak)
@@ -555,17 +556,32 @@ def part_data_path(part: Part) -> None:
 
 
 def part_eval_compile(part: Part) -> None:
-    """benchmarks/bench_compile.py: after a compiled training step, evaluation eager, compiled with static shapes and
-    the last batch padded (the scripts' --compile), with a dynamic batch, and with torch's automatic default: the
-    first calls' seconds, ms per full / partial batch, and the graphs compiled for evaluation (1 = no recompile)."""
-    from bench_compile import VARIANTS, compile_rows
+    """benchmarks/bench_compile.py: evaluation eager, compiled with static shapes and the last batch padded (the
+    scripts' --compile), with a dynamic batch, and with torch's automatic default: the first calls' seconds, ms per
+    full / partial batch, and the graphs compiled for evaluation (1 = no recompile). Without the compiled training
+    step first (its compilation would take the part's budget); a row is kept as soon as it is measured."""
+    from bench_compile import VARIANTS, measure
 
     cfg = FT_TINY if part.tiny else FT_FULL
-    batch = cfg["batch"]
+    batch, eval_batch = cfg["batch"], int(1.5 * cfg["batch"])
+    partial = max(batch // 2 - 3, 1)
     variants = ("eager", "static + pad") if part.cpu else VARIANTS  # CPU: the scripts' path only (compile is slow)
-    part.result.update(model=cfg["model"], train_batch=batch, eval_batch=int(1.5 * batch), partial=batch // 2 - 3)
-    part.result["rows"] = compile_rows(cfg, part.device, "bf16", batch, int(1.5 * batch), max(batch // 2 - 3, 1),
-                                       steps=3 if part.tiny else 10, rounds=1, variants=variants)
+    part.result.update(model=cfg["model"], eval_batch=eval_batch, partial=partial)
+    rows = part.result["rows"] = []
+    for variant in variants:
+        row = {"variant": variant}
+        rows.append(row)
+        try:
+            row.update(measure(variant, cfg, part.device, "bf16", batch, eval_batch, partial,
+                               steps=3 if part.tiny else 10, train_first=False))
+            row["clips_per_s"] = round(1000 * eval_batch / row["full_ms"], 1)
+        except PartTimeout:
+            row["error"] = "part budget reached"
+            raise
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        finally:
+            torch._dynamo.reset()
 
 
 def data_bound(parts: dict) -> dict | None:

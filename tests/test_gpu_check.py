@@ -31,7 +31,7 @@ def test_gpu_check_runs_every_part_on_the_cpu_and_writes_one_report(tmp_path):
     assert parts["env"]["torch"] and parts["env"]["cuda_available"] is False
     rows = parts["finetune_steps"]["rows"]
     assert [(r["fusion"], r["variant"]) for r in rows] == [
-        (f, v) for v in ("bf16", "bf16 channels_last", "fp16 + GradScaler") for f in ("none", "add")]
+        (f, v) for v in ("bf16", "fp16 + GradScaler", "bf16 channels_last") for f in ("none", "add")]
     assert all("error" not in r and r["clips_per_s"] > 0 for r in rows), rows
     assert parts["finetune_steps"]["gflops_per_step_none"] > 0
     data_rows = {r["row"]: r for r in parts["data_path"]["rows"]}

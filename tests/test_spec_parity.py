@@ -1,10 +1,11 @@
 """Parity of the project's fine-tune model with the independent spec reference (tests/spec_reference.py).
 
 Both models get the same randomly perturbed state_dict (strict loading both ways) and the same input;
-eval mode, float32, CPU. Tolerance: the project routes float32 matmuls through oneDNN, the reference
-through plain ATen, so results differ by summation order only (observed ≤ 1.3e-6 on O(1) logits at
-depth 2). We assert 1e-5 (abs + rel), ten times that and ten times below the project's 1e-4 gate, so a
-real misreading of the spec (a wrong bias, scale, order or index is ≥ 1e-3 here) cannot hide in it.
+eval mode, float32, CPU. Tolerance: the project routes float32 matmuls through oneDNN on processors that
+are not Intel's (`layers.ONEDNN_LINEAR`), the reference through plain ATen, so results differ by summation
+order only (observed ≤ 1.3e-6 on O(1) logits at depth 2). We assert 1e-5 (abs + rel), ten times that and
+ten times below the project's 1e-4 gate, so a real misreading of the spec (a wrong bias, scale, order or
+index is ≥ 1e-3 here) cannot hide in it.
 """
 
 from __future__ import annotations
