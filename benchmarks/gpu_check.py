@@ -128,6 +128,19 @@ class Part:
         return self.budget - (time.time() - self.started)
 
 
+@contextlib.contextmanager
+def recording_error(row: dict):
+    """An exception inside becomes the row's "error" (the row stays, the part goes on); a part's timeout is recorded
+    and raised on."""
+    try:
+        yield
+    except PartTimeout:
+        row["error"] = "part budget reached"
+        raise
+    except Exception as err:
+        row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -302,26 +315,22 @@ def part_finetune_steps(part: Part) -> None:
                    (" channels_last" if channels_last else "") + (" + GradScaler" if amp == "fp16" else "")}
             rows.append(row)
             try:
-                torch.manual_seed(0)
-                model = timm.create_model(cfg["model"], num_classes=cfg["classes"], fusion=fusion,
-                                          **cfg["kwargs"]).to(device).train()
-                step = finetune_step_fn(model, cfg, device, amp, compiled, channels_last)
-                if fusion not in flops:
-                    step()  # FLOPs after one warm-up step, on the eager model
-                    flops[fusion] = step_flops(step)
-                    part.result[f"gflops_per_step_{fusion or 'none'}"] = round(flops[fusion] / 1e9, 1)
-                row.update(time_steps(step, device, warmup=1 if part.tiny else 2, steps=3 if part.tiny else 10,
-                                      part=part))
-                row["clips_per_s"] = round(cfg["batch"] / (row["step_ms"] / 1000), 1)
-                row["mfu_pct"] = mfu(flops[fusion], row["step_ms"] / 1000, peak)
-                row["of_matmul_pct"] = mfu(flops[fusion], row["step_ms"] / 1000, measured_matmul_tflops())
-                syncs = count_syncs(step, device)
-                row["syncs_per_step"], row["sync_sites"] = syncs["per_step"], syncs["sites"]
-            except PartTimeout:
-                row["error"] = "part budget reached"
-                raise
-            except Exception as err:
-                row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+                with recording_error(row):
+                    torch.manual_seed(0)
+                    model = timm.create_model(cfg["model"], num_classes=cfg["classes"], fusion=fusion,
+                                              **cfg["kwargs"]).to(device).train()
+                    step = finetune_step_fn(model, cfg, device, amp, compiled, channels_last)
+                    if fusion not in flops:
+                        step()  # FLOPs after one warm-up step, on the eager model
+                        flops[fusion] = step_flops(step)
+                        part.result[f"gflops_per_step_{fusion or 'none'}"] = round(flops[fusion] / 1e9, 1)
+                    row.update(time_steps(step, device, warmup=1 if part.tiny else 2, steps=3 if part.tiny else 10,
+                                          part=part))
+                    row["clips_per_s"] = round(cfg["batch"] / (row["step_ms"] / 1000), 1)
+                    row["mfu_pct"] = mfu(flops[fusion], row["step_ms"] / 1000, peak)
+                    row["of_matmul_pct"] = mfu(flops[fusion], row["step_ms"] / 1000, measured_matmul_tflops())
+                    syncs = count_syncs(step, device)
+                    row["syncs_per_step"], row["sync_sites"] = syncs["per_step"], syncs["sites"]
             finally:
                 model = step = None
                 if compiled:
@@ -572,14 +581,10 @@ def part_eval_compile(part: Part) -> None:
         row = {"variant": variant}
         rows.append(row)
         try:
-            row.update(measure(variant, cfg, part.device, "bf16", batch, eval_batch, partial,
-                               steps=3 if part.tiny else 10, train_first=False))
-            row["clips_per_s"] = round(1000 * eval_batch / row["full_ms"], 1)
-        except PartTimeout:
-            row["error"] = "part budget reached"
-            raise
-        except Exception as err:
-            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            with recording_error(row):
+                row.update(measure(variant, cfg, part.device, "bf16", batch, eval_batch, partial,
+                                   steps=3 if part.tiny else 10, train_first=False))
+                row["clips_per_s"] = round(1000 * eval_batch / row["full_ms"], 1)
         finally:
             torch._dynamo.reset()
 
