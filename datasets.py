@@ -312,7 +312,6 @@ class BadSampleLog:
                                          f"{self.limit}:\n  " + "\n  ".join(seen.values()))
 
 
-
 class ClipDataset(torch.utils.data.Dataset):
     """Clips of one annotation file, for training, validation or the multi-view test (finetune.md §2.9).
 

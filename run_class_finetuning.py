@@ -176,9 +176,10 @@ def resolve_fusion(args: argparse.Namespace, output_dir: Path) -> str:
 
 
 def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, data_loader, precision, *,
-               epoch: int | str | None, header: str | None, checkpoint: str | None, pad_to: int | None) -> None:
+               epoch: int | str | None, header: str | None, checkpoint: str | None) -> None:
     """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written and summarised."""
-    records = engine.predict_views(data_loader, model, run.device, precision, pad_to=pad_to)
+    records = engine.predict_views(data_loader, model, run.device, precision,
+                                   pad_to=eval_batch_size(args, data_loader))
     gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
     if run.is_main:
         clips = data_loader.dataset.annotations
@@ -244,7 +245,7 @@ def main(args: argparse.Namespace) -> nn.Module:
         if not state.checkpoint and not args.finetune:
             logging.warning("--eval without a checkpoint: testing an untrained model")
         final_test(args, run, eval_model, loader_test, precision, epoch=None, header=None,
-                   checkpoint=state.checkpoint or args.finetune or None, pad_to=eval_batch_size(args, loader_test))
+                   checkpoint=state.checkpoint or args.finetune or None)
         return model
 
     dataset_train = build_dataset(is_train=True, test_mode=False, args=args)[0]
@@ -316,7 +317,7 @@ def main(args: argparse.Namespace) -> nn.Module:
         checkpoint.load_model_weights(model, tested)
         epoch = "best"
     final_test(args, run, eval_model, loader_test, precision, epoch=epoch, header=f"{args.final_model} epoch model",
-               checkpoint=tested, pad_to=eval_batch_size(args, loader_test))
+               checkpoint=tested)
     return model
 
 

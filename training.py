@@ -247,9 +247,9 @@ def distributed_model(model: nn.Module, run: Run, *, compile: bool = False, sync
 
 def evaluation_model(model: nn.Module, *, compile: bool = False) -> nn.Module:
     """The model validation and test call: the plain module (no DDP: its forward makes no collective), with --compile
-    compiled for static shapes. The engine pads each evaluation batch to one size (`engine.padded_forward`), so one
-    graph serves every validation and test batch, the last partial ones included: nothing recompiles
-    (benchmarks/bench_compile.py measures this against a dynamic batch dimension)."""
+    compiled for static shapes. The engine pads a last partial batch to its loader's batch size
+    (`engine.padded_forward`), so one graph serves all of a loader's batches (one for validation, one for the
+    test): nothing recompiles (benchmarks/bench_compile.py measures this against a dynamic batch dimension)."""
     return torch.compile(model, dynamic=False) if compile else model
 
 

@@ -157,24 +157,14 @@ def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, b
     return json.loads(out.strip().splitlines()[-1])
 
 
-def spread(values: list[float], digits: int = 3) -> str:
-    """median [min-max] of the rounds."""
-    return f"{np.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         utils.keep_freed_memory()  # as the entry scripts do
         print(json.dumps(measure(**json.loads(args.child))))
         return
+    from bench_data import machine, spread  # here, not at the top: the measuring children need none of it
+
     expected = json.loads((ROOT / "tests" / "data" / "keys" / "flops.json").read_text())
     rates = matmul_rates()
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads; float32 GEMM rate: "
@@ -209,8 +199,8 @@ def main(args: argparse.Namespace) -> None:
                     peak = max(r["peak_bytes"] for r in runs)
                     flops = gflops * (3 if mode == "train" else 1)
                     share = 100 * flops / float(np.median(per_clip)) / max(rates.values())
-                    print(f"{model_name:9} {mode:5} {batch:5} {variant.name:12} {spread(per_clip):>21} "
-                          f"{spread(base_s):>21} {spread(ratios, 2) + 'x':>19} {peak / 2**30:8.2f} "
+                    print(f"{model_name:9} {mode:5} {batch:5} {variant.name:12} {spread(per_clip, 3):>21} "
+                          f"{spread(base_s, 3):>21} {spread(ratios, 2) + 'x':>19} {peak / 2**30:8.2f} "
                           f"{peak / max(b['peak_bytes'] for b in base):9.2f} {share:6.0f}%")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     print("speed-up and mem ratio: ours against the original-style baseline, measured now, same process setup; "

@@ -584,7 +584,6 @@ def part_eval_compile(part: Part) -> None:
             with recording_error(row):
                 row.update(measure(variant, cfg, part.device, "bf16", batch, eval_batch, partial,
                                    steps=3 if part.tiny else 10, train_first=False))
-                row["clips_per_s"] = round(1000 * eval_batch / row["full_ms"], 1)
         finally:
             torch._dynamo.reset()
 
