@@ -475,13 +475,6 @@ def build_dataset(is_train: bool, test_mode: bool, args: argparse.Namespace
     return dataset, args.nb_classes
 
 
-def add_augment_arguments(parser: argparse.ArgumentParser) -> None:
-    """--augment_on, for run_class_finetuning.py."""
-    parser.add_argument("--augment_on", choices=AUGMENT_ON, default=None,
-                        help="where training clips are augmented: in the loader workers, or batched on the model's "
-                             "device from uint8 clips (default: device on CUDA, workers otherwise)")
-
-
 def resolve_augment_on(args: argparse.Namespace) -> str:
     """args.augment_on, its default (None) resolved from args.device; "workers" where args has no such option."""
     if not hasattr(args, "augment_on"):

@@ -19,6 +19,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 import checkpoint
+import cli
 import datasets
 import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
@@ -41,90 +42,104 @@ DEMO_DEFAULTS = dict(
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MAE-DFER fine-tuning and evaluation", add_help=True)
-    add = p.add_argument
-    add("--batch_size", default=64, type=int)
-    add("--epochs", default=30, type=int)
-    add("--update_freq", default=1, type=int)
-    add("--save_ckpt_freq", default=100, type=int)
-    # Model
-    add("--model", default="vit_base_patch16_224", type=str)
-    add("--tubelet_size", type=int, default=2)
-    add("--input_size", default=224, type=int)
-    add("--drop", type=float, default=0.0)
-    add("--attn_drop_rate", type=float, default=0.0)
-    add("--drop_path", type=float, default=0.1)
-    add("--disable_eval_during_finetuning", action="store_true", default=False)
-    add("--model_ema", action="store_true", default=False)
-    add("--model_ema_decay", type=float, default=0.9999)
-    add("--model_ema_force_cpu", action="store_true", default=False)
-    add("--attn_type", default="local_global", choices=["joint", "local_global"])
-    utils.add_lg_arguments(p)
-    add("--lg_classify_token_type", type=str, default="org", choices=["org", "region", "all"])
-    add("--depth", default=None, type=int)
-    add("--fusion", default=None, choices=["none", "add", "cat", "pos"],
-        help="CA motion branch fusion (ours). Not given: that of the weights resumed or evaluated, else none")
-    # Optimizer and schedule
-    utils.add_optimizer_arguments(p, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
-    add("--layer_decay", type=float, default=0.75)
-    # Augmentation
-    add("--color_jitter", type=float, default=0.4)
-    add("--num_sample", type=int, default=2)
-    add("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1")
-    datasets.add_augment_arguments(p)
-    add("--smoothing", type=float, default=0.1)
-    add("--train_interpolation", type=str, default="bicubic")
-    add("--crop_pct", type=float, default=None)
-    add("--short_side_size", type=int, default=224)
-    add("--test_num_segment", type=int, default=5)
-    add("--test_num_crop", type=int, default=3)
-    add("--reprob", type=float, default=0.25)
-    add("--remode", type=str, default="pixel")
-    add("--recount", type=int, default=1)
-    add("--resplit", action="store_true", default=False)
-    add("--mixup", type=float, default=0.8)
-    add("--cutmix", type=float, default=1.0)
-    add("--cutmix_minmax", type=float, nargs="+", default=None)
-    add("--mixup_prob", type=float, default=1.0)
-    add("--mixup_switch_prob", type=float, default=0.5)
-    add("--mixup_mode", type=str, default="batch")
-    # Weights
+    g = cli.make_groups(p)
+    add = g.optimizer.add_argument
+    add("--batch_size", default=64, type=int, help="clips per process and step")
+    add("--epochs", default=30, type=int, help="training epochs")
+    add("--update_freq", default=1, type=int, help="gradient accumulation: steps per optimizer update")
+    cli.add_optimizer_arguments(g.optimizer, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
+    add("--layer_decay", type=float, default=0.75, help="layer-wise learning-rate decay (1: none)")
+
+    add = g.model.add_argument
+    add("--model", default="vit_base_patch16_224", type=str,
+        help="model name in timm's registry, e.g. vit_base_dim512_no_depth_patch16_160 (the released one)")
+    add("--tubelet_size", type=int, default=2, help="frames per patch")
+    add("--input_size", default=224, type=int, help="frame side in pixels")
+    add("--drop", type=float, default=0.0, help="dropout rate")
+    add("--attn_drop_rate", type=float, default=0.0, help="attention dropout rate")
+    add("--drop_path", type=float, default=0.1, help="stochastic depth rate")
+    add("--model_ema", action="store_true", default=False, help="keep an exponential moving average of the weights")
+    add("--model_ema_decay", type=float, default=0.9999, help="decay of --model_ema")
+    add("--model_ema_force_cpu", action="store_true", default=False, help="keep the --model_ema copy on the CPU")
+    add("--attn_type", default="local_global", choices=["joint", "local_global"],
+        help="LGI-Former blocks (local_global) or plain ViT blocks (joint)")
+    cli.add_lg_arguments(g.model)
+    add("--lg_classify_token_type", type=str, default="org", choices=["org", "region", "all"],
+        help="tokens pooled for the head: the patch tokens (org), the region tokens (region) or both (all)")
+    add("--depth", default=None, type=int, help="encoder depth of the no_depth models (the released ones: 16)")
+    g.ours.add_argument("--fusion", default=None, choices=["none", "add", "cat", "pos"],
+                        help="CA motion branch fusion. Not given: that of the weights resumed or evaluated, else none")
     add("--finetune", default="", help="initialise from this (pretraining) checkpoint")
-    add("--model_key", default="model|module", type=str)
-    add("--model_prefix", default="", type=str)
-    add("--init_scale", default=0.001, type=float)
-    add("--use_mean_pooling", action="store_true")
+    add("--model_key", default="model|module", type=str,
+        help="key(s) of the checkpoint's state dict, |-separated, first found wins")
+    add("--model_prefix", default="", type=str, help="keep only the keys with this prefix, with the prefix removed")
+    add("--init_scale", default=0.001, type=float, help="scale of the head's initial weights")
+    add("--use_mean_pooling", action="store_true", help="average the selected tokens (default)")
     p.set_defaults(use_mean_pooling=True)
-    add("--use_cls", action="store_false", dest="use_mean_pooling")
-    # Data
-    add("--data_path", default="/path/to/list_kinetics-400", type=str, help="folder with train/val/test.csv")
-    add("--data_root", default=None, type=str, help="resolve relative CSV paths against this folder (ours)")
-    add("--eval_data_path", default=None, type=str)
-    add("--nb_classes", default=400, type=int)
-    add("--imagenet_default_mean_and_std", default=True, action="store_true")
-    add("--num_segments", type=int, default=1)
-    add("--num_frames", type=int, default=16)
-    add("--sampling_rate", type=int, default=4)
-    add("--data_set", default="Kinetics-400", choices=list(DATASETS), type=str)
-    add("--output_dir", default="")
-    add("--log_dir", default=None)
-    # Run
-    utils.add_run_arguments(p)
-    add("--save_ckpt", action="store_true")
-    add("--no_save_ckpt", action="store_false", dest="save_ckpt")
+    add("--use_cls", action="store_false", dest="use_mean_pooling", help="take the first selected token instead")
+
+    add = g.augmentation.add_argument
+    add("--num_sample", type=int, default=2, help="augmented copies of each training clip per step (repeated aug.)")
+    add("--aa", type=str, default="rand-m7-n4-mstd0.5-inc1", help="RandAugment policy, timm's syntax")
+    cli.add_augment_arguments(g.ours)
+    add("--smoothing", type=float, default=0.1, help="label smoothing")
+    add("--train_interpolation", type=str, default="bicubic", help="interpolation of RandAugment's geometric ops")
+    add("--short_side_size", type=int, default=224, help="frames are resized to this side before cropping")
+    add("--test_num_segment", type=int, default=5, help="temporal views of each test clip")
+    add("--test_num_crop", type=int, default=3, help="spatial views of each test clip")
+    add("--reprob", type=float, default=0.25, help="random erasing probability")
+    add("--remode", type=str, default="pixel", help="random erasing fill: const, rand or pixel")
+    add("--recount", type=int, default=1, help="random erasing count")
+    add("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+    add("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
+    add("--cutmix_minmax", type=float, nargs="+", default=None, metavar="RATIO",
+        help="cutmix min/max box ratio; overrides --cutmix")
+    add("--mixup_prob", type=float, default=1.0, help="probability of mixup or cutmix per batch")
+    add("--mixup_switch_prob", type=float, default=0.5, help="probability of cutmix instead of mixup")
+    add("--mixup_mode", type=str, default="batch", help="how mixup parameters are drawn: batch, pair or elem")
+
+    add = g.data.add_argument
+    add("--data_path", default="/path/to/list_kinetics-400", type=str,
+        help="folder with train.csv, val.csv and test.csv")
+    g.ours.add_argument("--data_root", default=None, type=str, help="resolve relative CSV paths against this folder")
+    add("--nb_classes", default=400, type=int, help="number of classes (7 for DFEW and FERV39k, 11 for MAFW)")
+    add("--num_segments", type=int, default=1, help="segments per clip; must be 1")
+    add("--num_frames", type=int, default=16, help="frames per clip")
+    add("--sampling_rate", type=int, default=4, help="take every N-th frame")
+    add("--data_set", default="Kinetics-400", choices=list(DATASETS), type=str, help="names the class list")
+    add("--output_dir", default="", help="checkpoints, logs and test reports go here")
+    add("--log_dir", default=None, help="TensorBoard folder (default: --output_dir)")
+
+    add = g.run.add_argument
+    cli.add_run_arguments(g)
+    add("--save_ckpt_freq", default=100, type=int,
+        help="write checkpoint-<epoch>.pth every N epochs and after the last")
+    add("--save_ckpt", action="store_true", help="write checkpoints (default)")
+    add("--no_save_ckpt", action="store_false", dest="save_ckpt", help="write no checkpoint")
     p.set_defaults(save_ckpt=True)
-    add("--eval", action="store_true")
-    add("--dist_eval", action="store_true", default=False)
-    add("--sync_bn", action="store_true", help="SyncBatchNorm in the CA branch: BN statistics over the global batch "
-        "(ours; multi-GPU)")
-    add("--enable_deepspeed", action="store_true", default=False)
+    add("--eval", action="store_true", help="only test the resumed (or --finetune) weights")
+    add("--disable_eval_during_finetuning", action="store_true", default=False,
+        help="no validation after each epoch")
+    add("--dist_eval", action="store_true", default=False, help="split the validation set over the processes")
     add("--val_metric", type=str, default="acc1",
-        choices=["acc1", "acc5", "war", "uar", "weighted_f1", "micro_f1", "macro_f1"])
-    add("--final_model", default="last", choices=["last", "best"],
-        help="model for the final test: the last epoch (original protocol) or checkpoint-best (ours)")
-    add("--save_feature", action="store_true", default=False)
-    add("--max_bad_samples", default=10, type=int,
-        help="skip (and log) up to N unreadable train / validation clips per process, then stop (ours)")
-    add("--demo", action="store_true", help="train and test on the built-in synthetic dataset (CPU friendly)")
+        choices=["acc1", "acc5", "war", "uar", "weighted_f1", "micro_f1", "macro_f1"],
+        help="validation metric that picks checkpoint-best.pth")
+    ours = g.ours.add_argument
+    ours("--sync_bn", action="store_true", help="SyncBatchNorm in the CA branch: BN statistics over the global batch "
+         "(multi-GPU)")
+    ours("--final_model", default="last", choices=["last", "best"],
+         help="model for the final test: the last epoch (the original protocol) or checkpoint-best")
+    ours("--max_bad_samples", default=10, type=int,
+         help="skip (and log) up to N unreadable train / validation clips per process, then stop")
+    ours("--demo", action="store_true", help="train and test on the built-in synthetic dataset (CPU friendly)")
+
+    ignored = g.ignored.add_argument
+    cli.add_common_ignored_arguments(g.ignored, color_jitter=0.4)
+    ignored("--crop_pct", type=float, default=None, help="the test crop is set by --short_side_size")
+    ignored("--resplit", action="store_true", default=False, help="random erasing never splits the batch")
+    ignored("--eval_data_path", default=None, type=str, help="lists are read from --data_path")
+    ignored("--enable_deepspeed", action="store_true", default=False, help="DeepSpeed is not used; torch DDP is")
+    ignored("--save_feature", action="store_true", default=False, help="no features are saved")
     return p
 
 
@@ -323,4 +338,4 @@ def main(args: argparse.Namespace) -> nn.Module:
 
 if __name__ == "__main__":
     with training.process_group_closed():
-        main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))
+        main(cli.parse_args(get_args_parser(), DEMO_DEFAULTS))

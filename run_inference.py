@@ -48,40 +48,43 @@ DEMO_VIDEO = Path("saved/data/demo_video/portrait.mp4")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MAE-DFER: expression timeline of videos", add_help=True)
-    add = p.add_argument
+    add = p.add_argument_group("input and output").add_argument
     add("--checkpoint", default=None, help="fine-tuned checkpoint (ours or the original authors')")
     add("--video", action="append", default=[], help="an input video; may be repeated")
     add("--video_dir", default=None, help="every video file in this folder")
     add("--out", default="saved/inference", help="outputs go to OUT/<video name>/")
+    add("--render", action="store_true", help="also write an annotated mp4")
+    add("--demo", action="store_true", help="make the demo video and use the demo checkpoint (trained if missing)")
     # Model: from the checkpoint's stored args where present, else from these flags (the released scripts' defaults).
-    add("--model", default=None)
-    add("--nb_classes", default=None, type=int)
+    add = p.add_argument_group("model", "read from the checkpoint where it stores them (a flag that contradicts "
+                               "it is an error), else these, defaulting to the released scripts' settings").add_argument
+    add("--model", default=None, help="model name in timm's registry")
+    add("--nb_classes", default=None, type=int, help="number of classes (default: the class list's)")
     add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
-    add("--fusion", default=None, choices=["none", "add", "cat", "pos"])
-    add("--depth", default=None, type=int)
-    add("--input_size", default=None, type=int)
-    add("--num_frames", default=None, type=int)
+    add("--fusion", default=None, choices=["none", "add", "cat", "pos"],
+        help="CA motion branch fusion (default: read off the weights)")
+    add("--depth", default=None, type=int, help="encoder depth")
+    add("--input_size", default=None, type=int, help="frame side in pixels")
+    add("--num_frames", default=None, type=int, help="frames per window")
     add("--sampling_rate", default=None, type=int, help="default: 1 for FERV39k, 4 otherwise (the scripts')")
-    add("--tubelet_size", default=None, type=int)
-    add("--attn_type", default=None, choices=["joint", "local_global"])
-    add("--lg_region_size", default=None, type=int, nargs="+")
-    add("--lg_classify_token_type", default=None, choices=["org", "region", "all"])
-    # Windows and prediction
+    add("--tubelet_size", default=None, type=int, help="frames per patch")
+    add("--attn_type", default=None, choices=["joint", "local_global"], help="LGI-Former or plain ViT blocks")
+    add("--lg_region_size", default=None, type=int, nargs="+", metavar="N", help="LGI-Former region (t, h, w)")
+    add("--lg_classify_token_type", default=None, choices=["org", "region", "all"], help="tokens pooled for the head")
+    add = p.add_argument_group("windows and prediction").add_argument
     add("--stride", default=None, type=int, help="frames between window starts (default: half a window, "
         "rounded to a multiple of the sampling rate)")
-    add("--batch_size", default=8, type=int)
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add("--batch_size", default=8, type=int, help="windows per forward pass")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu")
     add("--amp", default=None, choices=["none", "fp16", "bf16"],
         help="default: bf16 on CUDA (else fp16), none (float32) on the CPU")
-    # Faces
+    add = p.add_argument_group("faces").add_argument
     add("--face", default="haar", choices=list(faces.DETECTORS), help="'none': the frames are face crops already")
     add("--detect_size", default=320, type=int, help="detect on frames scaled down to this longest side")
     add("--face_scale", default=1.4, type=float, help="crop side / detected face side")
     add("--smooth", default=2, type=int, help="box smoothing radius, in examined frames")
     add("--min_face_frames", default=None, type=int, help="predict a window only if this many of its frames "
         "had a face (default: half)")
-    add("--render", action="store_true", help="also write an annotated mp4")
-    add("--demo", action="store_true", help="make the demo video and use the demo checkpoint (trained if missing)")
     return p
 
 

@@ -16,6 +16,7 @@ import timm
 import torch
 from torch import nn
 
+import cli
 import datasets
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
@@ -47,52 +48,71 @@ def str2bool(text: str) -> bool:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MAE-DFER pretraining", add_help=True)
-    add = p.add_argument
-    add("--batch_size", default=64, type=int)
-    add("--epochs", default=800, type=int)
-    add("--save_ckpt_freq", default=50, type=int)
-    # Model
-    add("--model", default="pretrain_videomae_base_patch16_224", type=str)
-    add("--decoder_depth", default=4, type=int)
-    add("--mask_type", default="tube", choices=["random", "tube", "part_window"])
-    add("--part_win_size", type=int, nargs="+", default=(2, 2, 10), help="(t, h, w) in tokens; t is unused")
-    add("--part_apply_symmetry", type=str, default=None, choices=["global", "local"])
-    add("--mask_ratio", default=0.75, type=float)
-    add("--input_size", default=224, type=int)
-    add("--drop_path", type=float, default=0.0)
-    add("--normlize_target", default=True, type=str2bool)
-    add("--encoder_depth", default=None, type=int)
-    add("--attn_type", default="joint", choices=["joint", "local_global"])
-    utils.add_lg_arguments(p)
-    # Optimizer and schedule
-    utils.add_optimizer_arguments(p, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
-    add("--color_jitter", type=float, default=0.0, help="unused, as in the original")
-    add("--train_interpolation", type=str, default="bicubic", help="unused, as in the original")
-    # Data
-    add("--data_path", default="/path/to/list_kinetics-400", type=str, help="the video list (`<path> <label>`)")
-    add("--data_root", default=None, type=str, help="resolve relative list paths against this folder (ours)")
-    add("--imagenet_default_mean_and_std", default=True, action="store_true")
-    add("--num_frames", type=int, default=16)
-    add("--sampling_rate", type=int, default=4)
-    add("--output_dir", default="")
-    add("--log_dir", default=None)
+    g = cli.make_groups(p)
+    add = g.optimizer.add_argument
+    add("--batch_size", default=64, type=int, help="clips per process and step")
+    add("--epochs", default=800, type=int, help="training epochs")
+    cli.add_optimizer_arguments(g.optimizer, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
+
+    add = g.model.add_argument
+    add("--model", default="pretrain_videomae_base_patch16_224", type=str,
+        help="model name in timm's registry, e.g. pretrain_videomae_base_dim512_no_depth_patch16_160 (the released "
+             "one)")
+    add("--decoder_depth", default=4, type=int, help="decoder blocks")
+    add("--mask_type", default="tube", choices=["random", "tube", "part_window"],
+        help="masking: random tokens, tubes (the same frame mask for every frame), or tubes with the same number of "
+             "visible tokens in each window (part_window)")
+    add("--part_win_size", type=int, nargs="+", default=(2, 2, 10), metavar="N",
+        help="(t, h, w) window of part_window masking, in tokens; t is unused")
+    add("--part_apply_symmetry", type=str, default=None, choices=["global", "local"],
+        help="part_window: a window's visible tokens all fall in its left or right half, one side per clip "
+             "(global) or per window (local)")
+    add("--mask_ratio", default=0.75, type=float, help="share of tokens masked")
+    add("--input_size", default=224, type=int, help="frame side in pixels")
+    add("--drop_path", type=float, default=0.0, help="stochastic depth rate")
+    add("--encoder_depth", default=None, type=int, help="encoder depth of the no_depth models (the released one: 16)")
+    add("--attn_type", default="joint", choices=["joint", "local_global"],
+        help="LGI-Former blocks (local_global) or plain ViT blocks (joint)")
+    cli.add_lg_arguments(g.model)
+    add = g.model.add_argument  # the reconstruction target
+    add("--normlize_target", default=True, type=str2bool,
+        help="True/False: normalise each target patch by its mean and std (the original's spelling)")
+    add("--use_frame_diff_as_target", action="store_true",
+        help="reconstruct frame differences as well as pixels (the released pretraining)")
+    g.ours.add_argument("--no_use_frame_diff_as_target", action="store_false", dest="use_frame_diff_as_target",
+                        help="pixels only (turns the demo's frame-difference target off)")
+    add("--frame_diff_group_size", type=int, default=2,
+        help="frames per group: the first keeps its pixels, the others become differences to it")
+    add("--target_diff_weight", type=float, default=None,
+        help="weight of the difference part of the loss, the pixel part gets 1 - it (default: one loss over both)")
+
+    add = g.augmentation.add_argument
     add("--no_augmentation", action="store_true", help="no multi-scale crop")
-    add("--face_crop", default="auto", choices=["auto", "voxceleb2", "none"],
-        help="cut VoxCeleb2's face box first; auto: when the list's path names voxceleb2, as the original (ours)")
     add("--num_samples", type=int, default=1, help="clips per video read (repeated sampling)")
-    add("--max_bad_samples", default=10, type=int,
-        help="skip (and log) up to N unreadable videos per process, then stop (ours; the original read another)")
-    # Targets
-    add("--use_frame_diff_as_target", action="store_true")
-    add("--no_use_frame_diff_as_target", action="store_false", dest="use_frame_diff_as_target",
-        help="pixels only (ours: turns the demo's frame-difference target off)")
-    add("--frame_diff_group_size", type=int, default=2)
-    add("--target_diff_weight", type=float, default=None)
-    # Run
-    utils.add_run_arguments(p)
-    add("--save_recon", type=int, default=0, metavar="N",
-        help="after every epoch, write a PNG of N clips' reconstructions to <output_dir>/recon/ (ours)")
-    add("--demo", action="store_true", help="pretrain on the built-in synthetic videos (CPU friendly)")
+
+    add = g.data.add_argument
+    add("--data_path", default="/path/to/list_kinetics-400", type=str, help="the video list (`<path> <label>`)")
+    g.ours.add_argument("--data_root", default=None, type=str, help="resolve relative list paths against this folder")
+    add("--num_frames", type=int, default=16, help="frames per clip")
+    add("--sampling_rate", type=int, default=4, help="take every N-th frame")
+    add("--output_dir", default="", help="checkpoints and logs go here")
+    add("--log_dir", default=None, help="TensorBoard folder (default: --output_dir)")
+    ours = g.ours.add_argument
+    ours("--face_crop", default="auto", choices=["auto", "voxceleb2", "none"],
+         help="cut VoxCeleb2's face box first; auto: when the list's path names voxceleb2, as the original")
+    ours("--max_bad_samples", default=10, type=int,
+         help="skip (and log) up to N unreadable videos per process, then stop (the original read another)")
+
+    cli.add_run_arguments(g)
+    g.run.add_argument("--save_ckpt_freq", default=50, type=int,
+                       help="write checkpoint-<epoch>.pth every N epochs and after the last")
+    ours("--save_recon", type=int, default=0, metavar="N",
+         help="after every epoch, write a PNG of N clips' reconstructions to <output_dir>/recon/")
+    ours("--demo", action="store_true", help="pretrain on the built-in synthetic videos (CPU friendly)")
+
+    cli.add_common_ignored_arguments(g.ignored, color_jitter=0.0)
+    g.ignored.add_argument("--train_interpolation", type=str, default="bicubic",
+                           help="no interpolation choice is made, as in the original")
     return p
 
 
@@ -190,4 +210,4 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     with training.process_group_closed():
-        main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))
+        main(cli.parse_args(get_args_parser(), DEMO_DEFAULTS))

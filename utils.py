@@ -196,19 +196,7 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Entry-script pieces shared by run_class_finetuning.py and run_mae_pretraining.py (the originals' flags)
-
-def add_lg_arguments(parser: argparse.ArgumentParser) -> None:
-    """The LGI-Former block options (--lg_*), as both original scripts define them."""
-    add = parser.add_argument
-    add("--lg_region_size", type=int, nargs="+", default=(2, 2, 10))
-    add("--lg_first_attn_type", type=str, default="self", choices=["cross", "self"])
-    add("--lg_third_attn_type", type=str, default="cross", choices=["cross", "self"])
-    add("--lg_attn_param_sharing_first_third", action="store_true")
-    add("--lg_attn_param_sharing_all", action="store_true")
-    add("--lg_no_second", action="store_true")
-    add("--lg_no_third", action="store_true")
-
+# Entry-script pieces shared by run_class_finetuning.py and run_mae_pretraining.py (their flags: cli.py)
 
 def lg_kwargs(args: argparse.Namespace) -> dict:
     """The --attn_type / --lg_* flags as model keyword arguments."""
@@ -217,62 +205,6 @@ def lg_kwargs(args: argparse.Namespace) -> dict:
                 lg_attn_param_sharing_first_third=args.lg_attn_param_sharing_first_third,
                 lg_attn_param_sharing_all=args.lg_attn_param_sharing_all, lg_no_second=args.lg_no_second,
                 lg_no_third=args.lg_no_third)
-
-
-def add_optimizer_arguments(parser: argparse.ArgumentParser, lr: float, min_lr: float, warmup_epochs: int) -> None:
-    """Optimizer and schedule flags; the defaults that differ between the scripts are passed in."""
-    add = parser.add_argument
-    add("--opt", default="adamw", type=str)
-    add("--opt_eps", default=1e-8, type=float)
-    add("--opt_betas", default=None, type=float, nargs="+")
-    add("--clip_grad", type=float, default=None)
-    add("--momentum", type=float, default=0.9)
-    add("--weight_decay", type=float, default=0.05)
-    add("--weight_decay_end", type=float, default=None)
-    add("--lr", type=float, default=lr, help="learning rate per 256 clips of global batch")
-    add("--warmup_lr", type=float, default=1e-6, help="parsed as in the original; warm-up starts at 0")
-    add("--min_lr", type=float, default=min_lr)
-    add("--warmup_epochs", type=int, default=warmup_epochs)
-    add("--warmup_steps", type=int, default=-1)
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Device, precision, seed, resume, checkpoint and process flags."""
-    add = parser.add_argument
-    add("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add("--amp", default=None, choices=["none", "fp16", "bf16"], help="default: bf16 on CUDA if supported, else none")
-    add("--compile", action="store_true", help="torch.compile the model")
-    add("--seed", default=0, type=int)
-    add("--resume", default="")
-    add("--auto_resume", action="store_true")
-    add("--no_auto_resume", action="store_false", dest="auto_resume")
-    parser.set_defaults(auto_resume=True)
-    add("--start_epoch", default=0, type=int)
-    add("--save_every_steps", default=0, type=int,
-        help="also write checkpoint-last.pth every N optimizer steps, to resume mid-epoch (ours; 0: at epoch ends)")
-    add("--keep_last_ckpts", default=0, type=int, help="keep only the newest N checkpoint-<epoch>.pth (ours; 0: all)")
-    add("--num_workers", default=10, type=int)
-    add("--pin_mem", action="store_true")
-    add("--no_pin_mem", action="store_false", dest="pin_mem")
-    parser.set_defaults(pin_mem=True)
-    add("--world_size", default=1, type=int)
-    # torch.distributed.launch passes --local-rank=N on torch 2.x, --local_rank=N before; LOCAL_RANK wins (torchrun)
-    add("--local_rank", "--local-rank", default=-1, type=int)
-    add("--dist_on_itp", action="store_true")
-    add("--dist_url", default="env://")
-    add("--dist_timeout", default=60.0, type=float,
-        help="minutes a collective may wait for the other ranks before the run stops (ours; covers --compile on "
-             "every rank and a rank-0 write of a large checkpoint)")
-
-
-def parse_args(parser: argparse.ArgumentParser, demo_defaults: dict, argv: list[str] | None = None
-               ) -> argparse.Namespace:
-    """The command line; with --demo, the demo's defaults take the original ones' place (explicit flags still win)."""
-    args = parser.parse_args(argv)
-    if args.demo:
-        parser.set_defaults(**demo_defaults)
-        args = parser.parse_args(argv)
-    return args
 
 
 def default_amp(device: torch.device) -> str:

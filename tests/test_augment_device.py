@@ -17,7 +17,8 @@ import augment_device
 import datasets
 import video_augment
 from augment_device import DeviceAugment, pack_draw
-from datasets import Annotation, ClipDataset, add_augment_arguments, build_dataset, resolve_augment_on, seed_worker
+from cli import add_augment_arguments
+from datasets import Annotation, ClipDataset, build_dataset, resolve_augment_on, seed_worker
 from demo_data import make_demo_dataset
 from video_augment import VideoRandAugment
 
