@@ -44,7 +44,7 @@ MODELS = {"MAE-DFER": ("maedfer_ft_base", None), "CA add": ("ca_add_ft_base", "a
 KWARGS = dict(num_classes=7, all_frames=16, tubelet_size=2, drop_path_rate=0.1, use_mean_pooling=True,
               init_scale=0.001, depth=16, attn_type="local_global", lg_region_size=[2, 5, 10],
               lg_classify_token_type="region")
-# The original code on the 2-core reference machine, batch 1, fp32, 2 threads (issue #3), for context only.
+# The original code on the 2-core reference machine, batch 1, fp32, 2 threads, for context only.
 ORIGINAL_REPORTED = {("MAE-DFER", "eval"): 0.539, ("CA add", "eval"): 0.609,
                      ("MAE-DFER", "train"): 1.665, ("CA add", "train"): 1.904}
 

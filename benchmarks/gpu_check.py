@@ -1,4 +1,4 @@
-"""The prepared GPU check of issues 12 and 14: one run of at most ~9 minutes on one GPU (16 cores), one report.
+"""The prepared GPU check: one run of at most ~9 minutes on one GPU (16 cores), one report.
 
     bash benchmarks/gpu_check.sh OUT_DIR             # on the GPU machine: installs carried wheels, then this script
     python benchmarks/gpu_check.py --out OUT_DIR     # the same without the wheels
@@ -547,7 +547,7 @@ def part_checkpoint_cpu_gpu(part: Part) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 3-4. the fine-tuning data path feeding the device, compiled evaluation (issue 14)
+# 3-4. the fine-tuning data path feeding the device, compiled evaluation
 
 def part_data_path(part: Part) -> None:
     """benchmarks/bench_data.py's GPU rows, in a process of its own: the loader with 16 workers feeding the device

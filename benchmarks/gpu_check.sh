@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issues 12 and 14 in one go: install the wheels carried in wheels/ (decord and tensorboardX,
+# The GPU check in one go: install the wheels carried in wheels/ (decord and tensorboardX,
 # which the GPU machine's python3 lacks; see benchmarks/gpu_check.py's docstring), then run benchmarks/gpu_check.py
 # under a hard time limit and print its report.
 #   bash benchmarks/gpu_check.sh [OUT_DIR] [gpu_check.py flags...]

@@ -1,4 +1,4 @@
-"""Every collective the scripts issue must work under NCCL (issue 12, item 1): checked on the CPU by running them in a
+"""Every collective the scripts issue must work under NCCL: checked on the CPU by running them in a
 gloo group while tests/collective_guard.py pretends the backend is NCCL (a CPU tensor in a tensor collective is
 what NCCL refuses with "No backend type associated with device type cpu")."""
 

@@ -1,4 +1,4 @@
-"""Two processes (torchrun, gloo, one CPU process per "node", as on two machines) meeting faults (issue 12): an
+"""Two processes (torchrun, gloo, one CPU process per "node", as on two machines) meeting faults: an
 unreadable clip, a NaN on one rank with and without fp16 loss scaling; and gradient accumulation under DDP.
 
 Every run goes through tests/fault_injection.py (the entry scripts' command line, a NaN injected at one rank's
