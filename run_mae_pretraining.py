@@ -27,7 +27,7 @@ from reconstruction import reconstruct, save_reconstruction_grid
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
 # Raw-pixel targets: with per-patch normalised ones this small model stays at the predict-zero loss for the
-# demo's budget (README, Pretraining demo).
+# demo's budget (docs/PRETRAIN.md).
 DEMO_DEFAULTS = dict(
     model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", encoder_depth=4, decoder_depth=2, input_size=64,
     num_frames=16, sampling_rate=1, mask_type="part_window", part_win_size=[2, 2, 4], mask_ratio=0.75,

@@ -2,7 +2,7 @@
 
 `run_class_finetuning.py` and `run_mae_pretraining.py` read top to bottom as: prepare the run, build data and
 model, `create_optimizer`, `resume`, then loop over epochs calling their engine and a `Checkpointer`. What differs
-between them on purpose (the README's "Fine-tuning and pretraining" lists it) stays in the scripts.
+between them on purpose (docs/ARCHITECTURE.md, "Fine-tuning and pretraining") stays in the scripts.
 """
 
 from __future__ import annotations

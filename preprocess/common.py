@@ -26,7 +26,7 @@ DATASET_DIRS: dict[str, str | None] = {"ferv39k": "FERV39k", "dfew": "DFEW", "ma
 def parser(description: str, out: str, folds: int = 0, sampling_rate: int = 4) -> argparse.ArgumentParser:
     """The common flags: --root, --out (default saved/data/<out>), --relative, --fold k (if folds), check flags."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--root", required=True, type=Path, help="the dataset as distributed (layouts: README)")
+    p.add_argument("--root", required=True, type=Path, help="the dataset as distributed (layouts: docs/DATASETS.md)")
     p.add_argument("--out", type=Path, default=SAVED / out, help="output folder (default: %(default)s)")
     p.add_argument("--relative", action="store_true", help="write paths relative to --root (loader: --data_root)")
     if folds:

@@ -136,7 +136,7 @@ def test_the_ca_variants_build_the_models_of_the_ca_logs(tmp_path):
 
 @pytest.mark.slow
 def test_the_readme_commands_evaluate_released_checkpoints(tmp_path):
-    """README, Released checkpoints: `FINETUNE= bash <launcher> [--folds k] --eval --resume CKPT` tests the file in
+    """docs/MODEL_ZOO.md: `FINETUNE= bash <launcher> [--folds k] --eval --resume CKPT` tests the file in
     the recipe's configuration; a CA-fork checkpoint (no fusion recorded) with the variant's variable."""
     import argparse
 

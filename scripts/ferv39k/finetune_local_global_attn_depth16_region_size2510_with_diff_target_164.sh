@@ -3,7 +3,7 @@
 # MAE-DFER-CA runs this launcher for its results; each of its variants is one variable: FUSION=add (the default),
 # LG_REGION_SIZE="4 5 10" (its "add(4*5)"), FUSION=pos (its "add(pos)"), FUSION=cat. FUSION=none: plain MAE-DFER.
 # Each variant has its own output folder. One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3 keeps the global batch.
-# Several machines: NNODES, NODE_RANK, MASTER_ADDR (README, Multi-node). Extra flags are passed through ("$@").
+# Several machines: NNODES, NODE_RANK, MASTER_ADDR (docs/MULTI_GPU.md). Extra flags are passed through ("$@").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 FUSION=${FUSION:-add}

@@ -2,7 +2,7 @@
 # MAFW (11 single-label classes), 5-fold: the original recipe, 3 processes x batch 32 = global batch 96. `--folds 1 2 3 4 5` (the
 # default; or SPLITS="1") picks the folds; a finished fold is skipped, an unfinished one resumes; then the fold table
 # (scripts/folds.sh). One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3. Several machines: NNODES, NODE_RANK, MASTER_ADDR
-# (README, Multi-node). Other flags are passed through.
+# (docs/MULTI_GPU.md). Other flags are passed through.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/folds.sh
