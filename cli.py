@@ -39,7 +39,7 @@ def make_groups(parser: argparse.ArgumentParser) -> Groups:
     return Groups(
         model=group("model"), optimizer=group("optimizer and schedule"), augmentation=group("augmentation"),
         data=group("data"), run=group("run: device, seed, checkpoints, processes"),
-        ours=group("ours", "options this project adds to the original scripts'"),
+        ours=group("ours", "options this project adds to the original scripts"),
         ignored=group(IGNORED_TITLE, "parsed and never used; a value other than the default logs a warning"))
 
 
@@ -88,7 +88,7 @@ def add_run_arguments(groups: Groups) -> None:
          help="mixed precision (default: bf16 on CUDA if supported, else fp16 on CUDA, none on the CPU)")
     ours("--compile", action="store_true", help="torch.compile the model")
     add("--seed", default=0, type=int, help="random seed (each process adds its rank)")
-    add("--resume", default="", help="resume from this checkpoint (default: the newest in --output_dir)")
+    add("--resume", default="", help="resume from this checkpoint (default: --auto_resume's choice)")
     add("--auto_resume", action="store_true", help="resume from the newest checkpoint in --output_dir (default)")
     add("--no_auto_resume", action="store_false", dest="auto_resume", help="start afresh")
     groups.run.set_defaults(auto_resume=True)

@@ -100,7 +100,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     add = g.data.add_argument
     add("--data_path", default="/path/to/list_kinetics-400", type=str,
-        help="folder with train.csv, val.csv and test.csv")
+        help="folder with train.csv and test.csv (DFEW: also val.csv)")
     g.ours.add_argument("--data_root", default=None, type=str, help="resolve relative CSV paths against this folder")
     add("--nb_classes", default=400, type=int, help="number of classes (7 for DFEW and FERV39k, 11 for MAFW)")
     add("--num_segments", type=int, default=1, help="segments per clip; must be 1")
