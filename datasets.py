@@ -11,6 +11,7 @@ for augment_device.DeviceAugment to apply to the batch on the model's device.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import random
@@ -28,7 +29,8 @@ from torch.utils.data import default_collate
 from torchvision.transforms import RandomResizedCrop
 
 from augment_device import ClipDraw, DeviceAugment, draw_erase, erase_, erase_drawer, pack_draw
-from utils import ResumableSampler, get_rank, get_world_size, seeded_rngs
+from distributed import get_rank, get_world_size
+from rng import seeded_rngs
 from video_augment import VideoRandAugment
 
 logger = logging.getLogger(__name__)
@@ -528,6 +530,26 @@ class Loader(torch.utils.data.DataLoader):
                     f"16g, or a larger /dev/shm), or use fewer --num_workers or a smaller --batch_size.\n({err})"
                 ) from err
             yield batch
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """A DistributedSampler whose epoch can start part-way: `set_epoch(epoch, start=k)` skips this rank's first k
+    indices of that epoch's order (which depends on seed and epoch only), so a resumed epoch sees what is left."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
 
 
 def build_loader(dataset, args: argparse.Namespace, batch_size: int, *, device: torch.device, train: bool = False,

@@ -25,7 +25,7 @@ from datasets import (
     resize_frames,
 )
 from masking_generator import build_masking_generator
-from utils import seeded_rngs
+from rng import seeded_rngs
 
 MULTI_SCALES = (1, 0.875, 0.75, 0.66)
 

@@ -20,8 +20,10 @@ from torch import nn
 
 import checkpoint
 import datasets
+import distributed
 import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
+import schedules
 import training
 import utils
 from datasets import DATASETS, build_dataset
@@ -180,7 +182,7 @@ def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, da
     """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written and summarised."""
     records = engine.predict_views(data_loader, model, run.device, precision,
                                    pad_to=eval_batch_size(args, data_loader))
-    gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
+    gathered = [r for rank_records in distributed.all_gather_objects(records) for r in rank_records]
     if run.is_main:
         clips = data_loader.dataset.annotations
         order = datasets.original_test_order(len(clips), args.test_num_segment * args.test_num_crop,
@@ -258,7 +260,7 @@ def main(args: argparse.Namespace) -> nn.Module:
                                            sequential=not args.dist_eval, device=device)
     global_batch = args.batch_size * args.update_freq * run.process.world_size
     steps = training.steps_per_epoch(len(dataset_train), global_batch, "the training set")
-    schedule = utils.build_schedule(args, global_batch, steps)
+    schedule = schedules.build_schedule(args, global_batch, steps)
     mixup_fn, criterion = create_criterion(args)
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                            device="cpu" if args.model_ema_force_cpu else None) if args.model_ema else None

@@ -19,6 +19,8 @@ from torch import nn
 import datasets
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
+import rng
+import schedules
 import training
 import utils
 from datasets_pretrain import build_pretrain_dataset
@@ -139,7 +141,7 @@ def main(args: argparse.Namespace) -> None:
         frame_diff_group_size=args.frame_diff_group_size if args.use_frame_diff_as_target else None,
         target_diff_weight=args.target_diff_weight)
     logging.info("%s; %d videos in %s", dataset.mask_generator, len(dataset), args.data_path)
-    with utils.seeded_rngs(args.seed):  # the masks' fit to the LGI regions, once (the RNGs put back)
+    with rng.seeded_rngs(args.seed):  # the masks' fit to the LGI regions, once (the RNGs put back)
         model.check_mask(torch.stack([torch.as_tensor(dataset.mask_generator()) for _ in range(8)]))
     loader = datasets.build_loader(dataset, args, args.batch_size, train=True, device=device)
     model.to(device)
@@ -148,7 +150,7 @@ def main(args: argparse.Namespace) -> None:
 
     global_batch = args.batch_size * run.process.world_size
     steps = training.steps_per_epoch(len(dataset), global_batch, args.data_path)
-    schedule = utils.build_schedule(args, global_batch, steps)
+    schedule = schedules.build_schedule(args, global_batch, steps)
     optimizer = training.create_optimizer(args, model, schedule.peak_lr)
     state = training.resume(args, run, model, optimizer=optimizer, precision=precision,
                             max_bad_samples=args.max_bad_samples,

@@ -12,6 +12,7 @@ import torch
 from conftest import SCRIPT_KWARGS, random_state_dict, read_keys
 
 import checkpoint as ckpt
+import datasets
 import modeling_finetune  # noqa: F401  (registers the models)
 import utils
 from checkpoint import CheckpointError, load_checkpoint, load_model_weights, load_pretrained
@@ -155,7 +156,7 @@ def test_rng_states_survive_a_checkpoint_file(tmp_path):
 
 
 def test_resumable_sampler_continues_the_epochs_order():
-    sampler = utils.ResumableSampler(range(10), num_replicas=2, rank=1, shuffle=True, seed=3)
+    sampler = datasets.ResumableSampler(range(10), num_replicas=2, rank=1, shuffle=True, seed=3)
     sampler.set_epoch(4)
     order = list(sampler)
     sampler.set_epoch(4, start=2)
