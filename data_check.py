@@ -4,7 +4,7 @@ Two depths share one code path. The fast check (`check_lists`, run at the start 
 parses every line, checks labels, duplicates, train/test overlap, fold partitions and that every path exists, and
 given a data_set opens a few clips per list for the layout warnings (LAYOUTS: not the data the released
 checkpoints were trained on): it takes seconds. The full check (`check_annotations(..., deep=True)`, `python -m
-preprocess.check`) also opens every entry with the loader's own reader (`datasets.FrameSource`), counts frames, checks
+preprocess.check`) also opens every entry with the loader's own reader (`video_io.FrameSource`), counts frames, checks
 their order and, with `decode`, decodes every image or video frame.
 """
 
@@ -25,7 +25,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import DATASETS, Annotation, FrameSource, parse_line, train_indices
+from annotations import DATASETS, Annotation, parse_line
+from datasets import train_indices
+from video_io import FrameSource
 
 ERROR, WARNING = "error", "warning"
 # Folders of cross-validation folds, as the originals name them (splitNN) and as DFEW/MAFW's official lists do.

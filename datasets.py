@@ -1,10 +1,11 @@
-"""Fine-tuning data: the dataset table, annotation CSVs and the clip dataset (the original's VideoClsDatasetFrame).
+"""Fine-tuning data: temporal sampling, the clip dataset (the original's VideoClsDatasetFrame), collate and loader.
 
 An entry is a folder of frames (sorted `*.jpg`, `*.png` for MAFW), one image (repeated) or a video file (ours).
 Validation and test clips are computed exactly as the original does (PIL decode and bilinear resize), so merged
 test probabilities match it. Training draws the same augmentations with one set of decisions per clip, on uint8
 frame stacks, decoding and augmenting each distinct frame once: over twice the original's clips/s
-(benchmarks/bench_data.py). With augment_on "device" a training item is the uint8 clip and its drawn parameters,
+(benchmarks/bench_data.py). The dataset table and the CSVs are read in annotations.py, frames in video_io.py.
+With augment_on "device" a training item is the uint8 clip and its drawn parameters,
 for augment_device.DeviceAugment to apply to the batch on the model's device.
 """
 
@@ -16,107 +17,30 @@ import logging
 import os
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import default_collate
 from torchvision.transforms import RandomResizedCrop
 
+from annotations import DATASETS, Annotation, DatasetInfo, parse_line, read_annotations  # noqa: F401
 from augment_device import ClipDraw, DeviceAugment, draw_erase, erase_, erase_drawer, pack_draw
 from distributed import get_rank, get_world_size
 from rng import seeded_rngs
 from video_augment import VideoRandAugment
+from video_io import VIDEO_EXTENSIONS, FrameSource, resize_frames  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-# OpenCV's thread pool does not survive fork: a DataLoader worker forked while it is live can hang in its first
-# OpenCV call. Frames are small and the loader is parallel across workers anyway.
-cv2.setNumThreads(0)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    classes: tuple[str, ...]  # class names in label order
-    frame_ext: str  # extension of the frame files inside a clip folder
-    val_file: str  # what the validation loader reads: test.csv except for DFEW (whose val.csv is a copy of it)
-
-
-_SEVEN = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
-# The label orders of data.md §1.2, §2.2, §3.2 and §5; the only place they live.
-DATASETS: dict[str, DatasetInfo] = {
-    "FERV39k": DatasetInfo(_SEVEN, "jpg", "test.csv"),
-    "DFEW": DatasetInfo(_SEVEN, "jpg", "val.csv"),
-    "MAFW": DatasetInfo(("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt",
-                         "anxiety", "helplessness", "disappointment"), "png", "test.csv"),
-    "RAVDESS": DatasetInfo(("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"), "jpg",
-                           "test.csv"),
-    "CREMA-D": DatasetInfo(("ANG", "DIS", "FEA", "HAP", "NEU", "SAD"), "jpg", "test.csv"),
-    "ENTERFACE": DatasetInfo(("anger", "disgust", "fear", "happiness", "sadness", "surprise"), "jpg", "test.csv"),
-    # The built-in synthetic demo (demo_data.py draws what each class looks like).
-    "DEMO": DatasetInfo(("smile forming", "smile fading", "brows raising", "mouth opening", "neutral"), "jpg",
-                        "test.csv"),
-}
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 MODES = ("train", "validation", "test")
 AUGMENT_ON = ("workers", "device")
 
 
-class Annotation(NamedTuple):
-    clip_id: str  # the CSV path exactly as written: the id carried to every output
-    path: str  # what is read: clip_id resolved against data_root
-    label: int
-    source: str  # "<csv>:<line>", for error messages
-
-
-def parse_line(line: str, nb_classes: int | None) -> tuple[str, int]:
-    """(path, label) of one annotation line; ValueError says what is wrong. nb_classes None: any integer label."""
-    parts = line.split(" ")
-    if len(parts) != 2 or not parts[0]:
-        raise ValueError(f"expected '<path> <label>' separated by one space, got {line!r}")
-    clip_id, label_text = parts
-    try:
-        label = int(label_text)
-    except ValueError:
-        raise ValueError(f"label {label_text!r} is not an integer") from None
-    if nb_classes is not None and not 0 <= label < nb_classes:
-        raise ValueError(f"label {label} is outside 0..{nb_classes - 1}")
-    return clip_id, label
-
-
-def read_annotations(csv_path: str | os.PathLike, nb_classes: int | None,
-                     data_root: str | None = None) -> list[Annotation]:
-    """Parse `<path> <label>` lines (one space, no header); relative paths are resolved against data_root.
-
-    Raises ValueError naming `file:line` for a malformed line, a non-integer label or one outside 0..nb_classes-1
-    (any integer when nb_classes is None: the pretraining lists' dummy labels).
-    """
-    with open(csv_path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if not line:  # blank lines are skipped, as pandas does
-            continue
-        where = f"{csv_path}:{number}"
-        try:
-            clip_id, label = parse_line(line, nb_classes)
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-        path = os.path.join(data_root, clip_id) if data_root is not None else clip_id
-        entries.append(Annotation(clip_id, path, label, where))
-    if not entries:
-        raise ValueError(f"{csv_path}: no clips")
-    return entries
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Temporal sampling (finetune.md §2.9.3). Pure functions of the frame count; the random one draws from numpy's
+# Temporal sampling (the original's VideoClsDatasetFrame). Pure functions of the frame count; the random one draws from numpy's
 # global RNG as the original does, so seeding numpy (seed_worker) reproduces it.
 
 def train_indices(n: int, clip_len: int = 16, rate: int = 4) -> np.ndarray:
@@ -158,94 +82,6 @@ def original_test_order(num_clips: int, views_per_clip: int, world_size: int) ->
     padded = -(-total // world_size) * world_size
     indices = (list(range(total)) * -(-padded // total))[:padded]
     return list(dict.fromkeys(i % num_clips for rank in range(world_size) for i in indices[rank::world_size]))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading entries
-
-class FrameSource:
-    """The frames of one entry: a folder's sorted frame files, one image (a 1-frame clip) or a video file."""
-
-    def __init__(self, entry: Annotation, ext: str):
-        self.video, self.source = None, entry.source
-        if os.path.isdir(entry.path):
-            # Lexicographic order, as the original's sorted glob (which skips hidden files): 10.jpg before 2.jpg.
-            names = sorted(n for n in os.listdir(entry.path) if n.endswith("." + ext) and not n.startswith("."))
-            if not names:
-                raise ValueError(f"{entry.source}: {entry.path}: no *.{ext} frames in the folder")
-            self.files = [os.path.join(entry.path, n) for n in names]
-        elif os.path.isfile(entry.path):
-            self.files = [entry.path]
-            if entry.path.lower().endswith(VIDEO_EXTENSIONS):
-                import decord  # only video entries need it
-
-                try:
-                    self.video = decord.VideoReader(entry.path, num_threads=1)
-                except Exception as err:
-                    raise OSError(f"{entry.source}: {entry.path}: cannot read the video: {err}") from err
-        else:
-            raise FileNotFoundError(f"{entry.source}: {entry.path}: no such file or folder")
-        self.count = len(self.video) if self.video is not None else len(self.files)
-        if self.count == 0:
-            raise ValueError(f"{entry.source}: {entry.path}: the video has no frames")
-
-    def video_frames(self, indices: np.ndarray) -> np.ndarray:
-        """(len(indices), H, W, 3) uint8 RGB frames of the video."""
-        try:
-            return self.video.get_batch(indices.tolist()).asnumpy()
-        except Exception as err:
-            raise OSError(f"{self.source}: {self.files[0]}: cannot decode frames {indices.tolist()}: {err}") from err
-
-    def pil(self, indices: np.ndarray, size: int) -> np.ndarray:
-        """(len(indices), size, size, 3) uint8: PIL decode, RGB, PIL bilinear resize to a square (the original)."""
-        unique, inverse = np.unique(indices, return_inverse=True)
-        if self.video is not None:
-            images = [Image.fromarray(f) for f in self.video_frames(unique)]
-        else:
-            images = []
-            for i in unique:
-                try:
-                    with Image.open(self.files[i]) as im:
-                        images.append(im.convert("RGB"))
-                except Exception as err:
-                    raise OSError(f"{self.source}: {self.files[i]}: cannot read the image: {err}") from err
-        return np.stack([np.asarray(im.resize((size, size), Image.BILINEAR)) for im in images])[inverse]
-
-    def resized(self, indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """For training: the distinct frames of `indices` as (U, size, size, 3) uint8, and the position of each index
-        among them. OpenCV decodes (libjpeg-turbo, as PIL); torch's antialiased bilinear resize is PIL's filter to
-        within 2 levels, batched."""
-        unique, inverse = np.unique(indices, return_inverse=True)
-        if self.video is not None:
-            return resize_frames(torch.from_numpy(self.video_frames(unique)), size).numpy(), inverse
-        decoded = [torch.from_numpy(f) for f in self.rgb(unique)]
-        if len({d.shape for d in decoded}) == 1:
-            frames = resize_frames(torch.stack(decoded), size)
-        else:
-            frames = torch.cat([resize_frames(d[None], size) for d in decoded])
-        return frames.numpy(), inverse
-
-    def rgb(self, indices: np.ndarray) -> list[np.ndarray]:
-        """The frames at `indices` as (H, W, 3) uint8 RGB arrays at their stored size (OpenCV / decord decode)."""
-        if self.video is not None:
-            return list(self.video_frames(indices))
-        decoded = []
-        for i in indices:
-            # EXIF orientation ignored, as PIL does.
-            image = cv2.imread(self.files[i], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if image is None:
-                raise OSError(f"{self.source}: {self.files[i]}: cannot read the image")
-            decoded.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-        return decoded
-
-
-def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 by torch's antialiased bilinear (its fast channels-last path)."""
-    if frames.shape[1:3] == (size, size):
-        return frames
-    resized = F.interpolate(frames.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized.permute(0, 2, 3, 1).contiguous()  # a no-op: the output is channels-last
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,13 +151,13 @@ class BadSampleLog:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Clips of one annotation file, for training, validation or the multi-view test (finetune.md §2.9).
+    """Clips of one annotation file, for training, validation or the multi-view test (the original's VideoClsDatasetFrame).
 
     Items: train `(clip, label)`, or `([clip] * num_sample, [label] * num_sample)` with num_sample > 1 (independent
     augmentations of the same frames; `collate` flattens them); validation `(clip, label, clip_id)`; test
     `(clip, label, clip_id, chunk_nb, num_crops)` with item = chunk * N + clip. A test item stands for all
     `num_crops` (= test_num_crop) spatial views of its temporal view: after the square resize the original's crop
-    step is 0, so every crop is the whole frame (finetune.md §2.13, quirk 4) and is computed once.
+    step is 0, so every crop is the whole frame and is computed once.
     A clip is float32 (3, T, H, W), ImageNet-normalised. With augment_on "device", a training item is
     `(frames, params, label)` (views: lists of each): the uint8 (T, short_side_size, short_side_size, 3) frames and
     the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to apply to the batch.
@@ -408,7 +244,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return normalize(source.pil(loaded[start:start + self.num_frames], self.short_side_size))
 
     def _draw(self, height: int, width: int) -> ClipDraw:
-        """Every random decision of a clip's augmentation, in the worker path's order (§2.9.4-2.9.5)."""
+        """Every random decision of a clip's augmentation, in the worker path's order (the original's _aug_frame)."""
         ops = self.augment.draw() if self.augment is not None else []
         crop = RandomResizedCrop.get_params(torch.empty(1, height, width), scale=(0.08, 1.0), ratio=(0.75, 1.3333))
         flip = bool(torch.rand(()) < 0.5)
@@ -423,7 +259,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return DeviceAugment(self.augment, self.input_size, self.erase_mode)
 
     def _augment(self, frames: np.ndarray, inverse: np.ndarray) -> torch.Tensor:
-        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (§2.9.4-2.9.5).
+        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (the original's _aug_frame).
 
         `frames` are the clip's distinct frames and `inverse` picks the clip from them: with every decision shared,
         a repeated frame comes out of RandAugment as its copies would, so it is augmented once.

@@ -15,17 +15,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from datasets import (
-    Annotation,
-    BadSample,
-    FrameSource,
-    collate_skipping_bad,
-    normalize,
-    read_annotations,
-    resize_frames,
-)
+from annotations import Annotation, read_annotations
+from datasets import BadSample, collate_skipping_bad, normalize
 from masking_generator import build_masking_generator
 from rng import seeded_rngs
+from video_io import FrameSource, resize_frames
 
 MULTI_SCALES = (1, 0.875, 0.75, 0.66)
 
