@@ -1,5 +1,5 @@
 """Every collective the scripts issue must work under NCCL (issue 12, item 1): checked on the CPU by running them in a
-gloo group while tests/collective_guard.py pretends the backend is NCCL (a CPU tensor in a tensor collective is
+gloo group while tests/support/collective_guard.py pretends the backend is NCCL (a CPU tensor in a tensor collective is
 what NCCL refuses with "No backend type associated with device type cpu")."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from collective_guard import CollectiveDeviceError, guard_collectives, supported_devices
-from fault_injection import free_port, launch
+from support.collective_guard import CollectiveDeviceError, guard_collectives, supported_devices
+from support.fault_injection import free_port, launch
 
 from demo_data import make_demo_dataset, make_demo_videos
 

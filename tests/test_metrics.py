@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import timm
-from conftest import SCRIPT_KWARGS
+from support.configs import SCRIPT_KWARGS
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from timm.optim import create_optimizer_v2
 

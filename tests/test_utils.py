@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import SCRIPT_KWARGS, random_state_dict, read_keys
+from support.configs import SCRIPT_KWARGS, random_state_dict, read_keys
 
 import checkpoint as ckpt
 import datasets
