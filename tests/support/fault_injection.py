@@ -1,6 +1,7 @@
 """Run an entry script with faults injected and per-rank facts recorded: the harness of the distributed tests.
 
-    python tests/support/fault_injection.py run_class_finetuning.py --nan_on_rank 1 --nan_at_step 2 --report_dir R -- FLAGS
+    python tests/support/fault_injection.py run_class_finetuning.py --nan_on_rank 1 --nan_at_step 2 --report_dir R \
+        -- FLAGS
 
 runs `run_class_finetuning.py FLAGS` exactly as its `__main__` block does (runpy), in this process (under torchrun:
 in each rank), after patching only library entry points, so that it survives refactoring of the scripts:
