@@ -40,8 +40,8 @@ AUGMENT_ON = ("workers", "device")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Temporal sampling (the original's VideoClsDatasetFrame). Pure functions of the frame count; the random one draws from numpy's
-# global RNG as the original does, so seeding numpy (seed_worker) reproduces it.
+# Temporal sampling (the original's VideoClsDatasetFrame). Pure functions of the frame count; the random one draws
+# from numpy's global RNG as the original does, so seeding numpy (seed_worker) reproduces it.
 
 def train_indices(n: int, clip_len: int = 16, rate: int = 4) -> np.ndarray:
     """Frame indices of a training (and validation) clip: a random window of clip_len*rate frames, 16 points evenly
@@ -151,7 +151,7 @@ class BadSampleLog:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Clips of one annotation file, for training, validation or the multi-view test (the original's VideoClsDatasetFrame).
+    """Clips of one annotation file, for training, validation or the multi-view test (as VideoClsDatasetFrame).
 
     Items: train `(clip, label)`, or `([clip] * num_sample, [label] * num_sample)` with num_sample > 1 (independent
     augmentations of the same frames; `collate` flattens them); validation `(clip, label, clip_id)`; test
@@ -259,7 +259,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return DeviceAugment(self.augment, self.input_size, self.erase_mode)
 
     def _augment(self, frames: np.ndarray, inverse: np.ndarray) -> torch.Tensor:
-        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (the original's _aug_frame).
+        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (as _aug_frame).
 
         `frames` are the clip's distinct frames and `inverse` picks the clip from them: with every decision shared,
         a repeated frame comes out of RandAugment as its copies would, so it is augmented once.

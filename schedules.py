@@ -1,4 +1,4 @@
-"""Per-step schedules: the learning rate (warm-up, then cosine) and weight decay (cosine), scaled to the global batch."""
+"""Per-step schedules: learning rate (warm-up, then cosine) and weight decay (cosine), scaled to the global batch."""
 
 from __future__ import annotations
 

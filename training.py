@@ -151,7 +151,8 @@ class ResumeState:
 
     def extra(self, meters: dict[str, AverageMeter] | None = None) -> dict:
         """What a checkpoint needs beyond the model and optimizer to continue bit-exactly (a collective)."""
-        seen = {k: v for rank_seen in distributed.all_gather_objects(self.bad_samples.seen) for k, v in rank_seen.items()}
+        gathered = distributed.all_gather_objects(self.bad_samples.seen)
+        seen = {k: v for rank_seen in gathered for k, v in rank_seen.items()}
         return {"rng": gather_rng_states(), "best_metric": self.best_metric, "bad_samples": seen,
                 "train_meters": engine.meters_state(meters) if meters else None,
                 "processes": distributed.get_world_size()}

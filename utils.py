@@ -14,8 +14,16 @@ import logging
 
 import torch
 
-from distributed import (Process, all_gather_objects, collective_device, find_local_rank,  # noqa: F401
-                         get_rank, get_world_size, init_distributed, is_main_process)
+from distributed import (  # noqa: F401
+    Process,
+    all_gather_objects,
+    collective_device,
+    find_local_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
 from rng import gather_rng_states, rng_state, seeded_rngs, set_rng_state  # noqa: F401
 from schedules import Schedule, build_schedule, cosine_scheduler, scale_lr  # noqa: F401
 
