@@ -17,6 +17,7 @@ import logging
 import os
 import random
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import cv2
@@ -150,6 +151,32 @@ class BadSampleLog:
                                          f"{self.limit}:\n  " + "\n  ".join(seen.values()))
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames a clip takes and at what size (the original's flags of the same names)."""
+
+    frame_ext: str = "jpg"  # of the frame files in a clip folder (DatasetInfo.frame_ext)
+    num_frames: int = 16
+    sampling_rate: int = 4
+    input_size: int = 224
+    short_side_size: int = 224
+    test_num_segment: int = 5
+    test_num_crop: int = 3
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation (the original's flags of the same names) and where it runs (--augment_on)."""
+
+    aa: str | None = "rand-m7-n4-mstd0.5-inc1"
+    train_interpolation: str = "bicubic"
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    num_sample: int = 1
+    augment_on: str = "workers"
+
+
 class ClipDataset(torch.utils.data.Dataset):
     """Clips of one annotation file, for training, validation or the multi-view test (as VideoClsDatasetFrame).
 
@@ -167,27 +194,22 @@ class ClipDataset(torch.utils.data.Dataset):
     BadSample (`collate` sets it apart) instead of raising.
     """
 
-    def __init__(self, annotations: list[Annotation], mode: str, *, frame_ext: str = "jpg", num_frames: int = 16,
-                 sampling_rate: int = 4, input_size: int = 224, short_side_size: int = 224,
-                 test_num_segment: int = 5, test_num_crop: int = 3, aa: str | None = "rand-m7-n4-mstd0.5-inc1",
-                 train_interpolation: str = "bicubic", reprob: float = 0.25, remode: str = "pixel",
-                 recount: int = 1, num_sample: int = 1, seed: int | None = None, skip_bad: bool = False,
-                 augment_on: str = "workers"):
+    def __init__(self, annotations: list[Annotation], mode: str, sampling: Sampling = Sampling(),
+                 augmentation: Augmentation = Augmentation(), *, seed: int | None = None, skip_bad: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
-        if augment_on not in AUGMENT_ON:
-            raise ValueError(f"augment_on {augment_on!r}: expected one of {AUGMENT_ON}")
-        self.augment_on = augment_on
-        self.annotations, self.mode, self.frame_ext = annotations, mode, frame_ext
-        self.num_frames, self.sampling_rate = num_frames, sampling_rate
-        self.input_size, self.short_side_size = input_size, short_side_size
-        self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
-        self.num_sample = num_sample
-        self.augment = VideoRandAugment(aa, input_size, train_interpolation) if aa and aa != "none" else None
+        if augmentation.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on {augmentation.augment_on!r}: expected one of {AUGMENT_ON}")
+        self.annotations, self.mode, self.sampling = annotations, mode, sampling
+        self.augment_on, self.num_sample = augmentation.augment_on, augmentation.num_sample
+        aa = augmentation.aa
+        self.augment = (VideoRandAugment(aa, sampling.input_size, augmentation.train_interpolation)
+                        if aa and aa != "none" else None)
         # Drawn for the (C*T, H, W) view of a clip: one rectangle for all frames, noise drawn per frame and channel.
-        self.erase = erase_drawer(reprob, remode, recount) if reprob > 0 else None
-        self.erase_mode, self.max_erase = remode.lower(), recount
-        self.collate = collate_views if mode == "train" and num_sample > 1 else None
+        self.erase = (erase_drawer(augmentation.reprob, augmentation.remode, augmentation.recount)
+                      if augmentation.reprob > 0 else None)
+        self.erase_mode, self.max_erase = augmentation.remode.lower(), augmentation.recount
+        self.collate = collate_views if mode == "train" and self.num_sample > 1 else None
         self.seed, self.epoch, self.skip_bad = seed, 0, skip_bad and mode != "test"
         if self.skip_bad:
             self.collate = collate_skipping_bad
@@ -198,13 +220,13 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         n = len(self.annotations)
-        return n * self.test_num_segment if self.mode == "test" else n
+        return n * self.sampling.test_num_segment if self.mode == "test" else n
 
     def __getitem__(self, index: int):
         if self.mode == "test":
             chunk, clip = divmod(index, len(self.annotations))
             entry = self.annotations[clip]
-            return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, self.test_num_crop
+            return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, self.sampling.test_num_crop
         entry = self.annotations[index]
         seed = None if self.seed is None else (self.seed, self.epoch, index)
         try:
@@ -217,14 +239,15 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def _train_item(self, entry: Annotation):
         """A training or validation item (the same temporal sampler, as in the original)."""
-        source = FrameSource(entry, self.frame_ext)
-        indices = train_indices(source.count, self.num_frames, self.sampling_rate)
+        source = FrameSource(entry, self.sampling.frame_ext)
+        indices = train_indices(source.count, self.sampling.num_frames, self.sampling.sampling_rate)
         if self.mode == "validation":
-            frames = source.pil(indices, self.short_side_size)
-            top = round((self.short_side_size - self.input_size) / 2)  # centre crop, a no-op when equal
-            frames = frames[:, top:top + self.input_size, top:top + self.input_size]
+            short, size = self.sampling.short_side_size, self.sampling.input_size
+            frames = source.pil(indices, short)
+            top = round((short - size) / 2)  # centre crop, a no-op when equal
+            frames = frames[:, top:top + size, top:top + size]
             return normalize(frames), entry.label, entry.clip_id
-        frames, inverse = source.resized(indices, self.short_side_size)
+        frames, inverse = source.resized(indices, self.sampling.short_side_size)
         if self.augment_on == "device":
             layers = self.augment.num_layers if self.augment is not None else 0
             views = [pack_draw(self._draw(*frames.shape[1:3]), layers, self.max_erase) for _ in range(self.num_sample)]
@@ -237,11 +260,12 @@ class ClipDataset(torch.utils.data.Dataset):
         return [self._augment(frames, inverse) for _ in range(self.num_sample)], [entry.label] * self.num_sample
 
     def _test_clip(self, entry: Annotation, chunk: int) -> torch.Tensor:
-        source = FrameSource(entry, self.frame_ext)
-        loaded = loaded_test_indices(source.count, self.num_frames, self.sampling_rate)
-        start = view_start(len(loaded), chunk, self.test_num_segment, self.num_frames)
+        s = self.sampling
+        source = FrameSource(entry, s.frame_ext)
+        loaded = loaded_test_indices(source.count, s.num_frames, s.sampling_rate)
+        start = view_start(len(loaded), chunk, s.test_num_segment, s.num_frames)
         # Only this view's frames are decoded: a frame's pixels do not depend on the other frames.
-        return normalize(source.pil(loaded[start:start + self.num_frames], self.short_side_size))
+        return normalize(source.pil(loaded[start:start + s.num_frames], s.short_side_size))
 
     def _draw(self, height: int, width: int) -> ClipDraw:
         """Every random decision of a clip's augmentation, in the worker path's order (the original's _aug_frame)."""
@@ -250,13 +274,14 @@ class ClipDataset(torch.utils.data.Dataset):
         flip = bool(torch.rand(()) < 0.5)
         boxes, noise_seed = [], 0
         if self.erase is not None:
-            boxes = draw_erase(self.erase, 3 * self.num_frames, self.input_size, self.input_size)
+            size = self.sampling.input_size
+            boxes = draw_erase(self.erase, 3 * self.sampling.num_frames, size, size)
             noise_seed = int(torch.randint(2**62, ()))
         return ClipDraw(ops, tuple(crop), flip, boxes, noise_seed)
 
     def device_augment(self) -> DeviceAugment:
         """What applies this dataset's training augmentation to a batch of its augment_on "device" items."""
-        return DeviceAugment(self.augment, self.input_size, self.erase_mode)
+        return DeviceAugment(self.augment, self.sampling.input_size, self.erase_mode)
 
     def _augment(self, frames: np.ndarray, inverse: np.ndarray) -> torch.Tensor:
         """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (as _aug_frame).
@@ -270,7 +295,7 @@ class ClipDataset(torch.utils.data.Dataset):
         frames = frames[inverse]
         num = frames.shape[0]
         top, left, h, w = draw.crop
-        size = self.input_size
+        size = self.sampling.input_size
         crops = frames[:, top:top + h, left:left + w].astype(np.float32)
         out = np.empty((num, size, size, 3), np.float32)
         for crop, resized in zip(crops, out):
@@ -302,13 +327,14 @@ def build_dataset(is_train: bool, test_mode: bool, args: argparse.Namespace
     csv_name = {"train": "train.csv", "validation": info.val_file, "test": "test.csv"}[mode]
     annotations = read_annotations(os.path.join(args.data_path, csv_name), args.nb_classes,
                                    getattr(args, "data_root", None))
-    dataset = ClipDataset(
-        annotations, mode, frame_ext=info.frame_ext, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
-        input_size=args.input_size, short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
-        test_num_crop=args.test_num_crop, aa=args.aa, train_interpolation=args.train_interpolation,
-        reprob=args.reprob, remode=args.remode, recount=args.recount, num_sample=args.num_sample,
-        seed=getattr(args, "seed", None), skip_bad=getattr(args, "max_bad_samples", None) is not None,
-        augment_on=resolve_augment_on(args))
+    sampling = Sampling(frame_ext=info.frame_ext, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
+                        input_size=args.input_size, short_side_size=args.short_side_size,
+                        test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop)
+    augmentation = Augmentation(aa=args.aa, train_interpolation=args.train_interpolation, reprob=args.reprob,
+                                remode=args.remode, recount=args.recount, num_sample=args.num_sample,
+                                augment_on=resolve_augment_on(args))
+    dataset = ClipDataset(annotations, mode, sampling, augmentation, seed=getattr(args, "seed", None),
+                          skip_bad=getattr(args, "max_bad_samples", None) is not None)
     return dataset, args.nb_classes
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.clips import MEAN, STD, args_for, entry, levels, write_frames, write_textured
+from support.clips import MEAN, STD, args_for, clip_dataset, entry, levels, write_frames, write_textured
 
 import datasets
 from annotations import DATASETS
-from datasets import ClipDataset, build_dataset, loaded_test_indices, seed_worker, train_indices, view_start
+from datasets import build_dataset, loaded_test_indices, seed_worker, train_indices, view_start
 
 # --- temporal sampling -------------------------------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ def pil_reference(files, size):
 
 def test_test_views_equal_a_direct_pil_computation_and_follow_the_index_layout(tmp_path):
     folders = [write_textured(tmp_path / f"c{i}", n, size=50 + i, seed=i) for i, n in enumerate((45, 20))]
-    ds = ClipDataset([entry(f, label=i) for i, f in enumerate(folders)], "test", sampling_rate=2,
+    ds = clip_dataset([entry(f, label=i) for i, f in enumerate(folders)], "test", sampling_rate=2,
                      input_size=32, short_side_size=32, test_num_segment=2, test_num_crop=2)
     assert len(ds) == 2 * 2  # an item per temporal view: its 2 spatial crops are both the whole frame
     for index in range(len(ds)):
@@ -110,7 +110,7 @@ def test_the_test_order_is_the_one_the_original_merge_meets(num_clips, views, wo
 
 def test_validation_clip_equals_pil_on_the_train_sampler_window(tmp_path):
     folder = write_textured(tmp_path / "c", 70, size=40)
-    ds = ClipDataset([entry(folder, label=2)], "validation", sampling_rate=2, input_size=32, short_side_size=32)
+    ds = clip_dataset([entry(folder, label=2)], "validation", sampling_rate=2, input_size=32, short_side_size=32)
     np.random.seed(11)
     clip, label, clip_id = ds[0]
     np.random.seed(11)
@@ -123,21 +123,21 @@ def test_validation_clip_equals_pil_on_the_train_sampler_window(tmp_path):
 def test_test_views_pick_the_sampled_frames_in_lexicographic_order(tmp_path):
     # 40 frames at rate 2 -> 20 loaded; view 0 = loaded 0..15 (frames 0..30), view 1 = loaded 4..19 (8..38).
     folder = write_frames(tmp_path / "c", [5 + 6 * k for k in range(40)])
-    ds = ClipDataset([entry(folder)], "test", frame_ext="png", sampling_rate=2, input_size=16, short_side_size=16,
+    ds = clip_dataset([entry(folder)], "test", frame_ext="png", sampling_rate=2, input_size=16, short_side_size=16,
                      test_num_segment=2, test_num_crop=1)
     frame_of = [torch.round((levels(ds[c][0]) - 5) / 6).int().tolist() for c in range(2)]
     assert frame_of == [list(range(0, 32, 2)), list(range(8, 40, 2))]
 
     names = ["1.png", "10.png", "2.png", "20.png", "3.png"]  # lexicographic, not numeric: 1, 10, 2, 20, 3
     folder = write_frames(tmp_path / "lex", [10, 100, 20, 200, 30], names=names)
-    clip = ClipDataset([entry(folder)], "test", frame_ext="png", sampling_rate=1, input_size=16, short_side_size=16,
+    clip = clip_dataset([entry(folder)], "test", frame_ext="png", sampling_rate=1, input_size=16, short_side_size=16,
                        test_num_segment=1, test_num_crop=1)[0][0]
     assert torch.round(levels(clip)).int().tolist() == [10, 100, 20, 200, 30] + [30] * 11
 
 
 def test_one_segment_and_one_crop_do_not_divide_by_zero(tmp_path):
     folder = write_frames(tmp_path / "c", list(range(0, 200, 5)))
-    ds = ClipDataset([entry(folder)], "test", frame_ext="png", sampling_rate=1, input_size=16, short_side_size=16,
+    ds = clip_dataset([entry(folder)], "test", frame_ext="png", sampling_rate=1, input_size=16, short_side_size=16,
                      test_num_segment=1, test_num_crop=1)
     assert len(ds) == 1 and ds[0][3:] == (0, 1)
 
@@ -171,12 +171,12 @@ def test_build_dataset_reads_the_right_files(tmp_path):
 
 def test_train_item_shape_normalisation_and_views(tmp_path):
     folder = write_textured(tmp_path / "c", 30, size=40)
-    ds = ClipDataset([entry(folder, label=4)], "train", sampling_rate=2, input_size=24, short_side_size=32)
+    ds = clip_dataset([entry(folder, label=4)], "train", sampling_rate=2, input_size=24, short_side_size=32)
     torch.manual_seed(0)
     clip, label = ds[0]
     assert clip.dtype == torch.float32 and clip.shape == (3, 16, 24, 24) and label == 4
     assert clip.min() >= -2.2 - 5 and clip.max() <= 2.7 + 5  # ImageNet-normalised (erasing noise is N(0, 1))
-    ds2 = ClipDataset([entry(folder, label=4)] * 3, "train", sampling_rate=2, input_size=24, short_side_size=32,
+    ds2 = clip_dataset([entry(folder, label=4)] * 3, "train", sampling_rate=2, input_size=24, short_side_size=32,
                       num_sample=2)
     views, labels = ds2[0]
     assert len(views) == 2 and labels == [4, 4] and not torch.equal(views[0], views[1])
@@ -191,14 +191,14 @@ def test_augmentation_is_the_same_on_every_frame(tmp_path, seed):
     write_textured(folder, 1, size=40)
     for t in range(1, 20):  # a static clip: distinct files, identical pixels
         (folder / f"{t:05d}.jpg").write_bytes((folder / "00000.jpg").read_bytes())
-    ds = ClipDataset([entry(folder)], "train", sampling_rate=1, input_size=32, short_side_size=32, reprob=0)
+    ds = clip_dataset([entry(folder)], "train", sampling_rate=1, input_size=32, short_side_size=32, reprob=0)
     np.random.seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
     clip = ds[0][0]
     assert torch.equal(clip, clip[:, :1].expand_as(clip))
 
-    erasing = ClipDataset([entry(folder)], "train", sampling_rate=1, input_size=32, short_side_size=32, reprob=1)
+    erasing = clip_dataset([entry(folder)], "train", sampling_rate=1, input_size=32, short_side_size=32, reprob=1)
     clip = erasing[0][0]
     changed = (clip != clip[:, :1]).any(dim=0)  # (T, H, W): where frames differ from frame 0
     rows, cols = changed.any(dim=(0, 2)).nonzero(), changed.any(dim=(0, 1)).nonzero()
@@ -210,7 +210,7 @@ def test_augmentation_is_the_same_on_every_frame(tmp_path, seed):
 
 def test_training_draws_differ_between_items_and_follow_the_seed(tmp_path):
     folder = write_textured(tmp_path / "c", 40, size=40)
-    ds = ClipDataset([entry(folder)], "train", sampling_rate=1, input_size=24, short_side_size=32)
+    ds = clip_dataset([entry(folder)], "train", sampling_rate=1, input_size=24, short_side_size=32)
 
     def draw(seed):
         np.random.seed(seed)
@@ -224,7 +224,7 @@ def test_training_draws_differ_between_items_and_follow_the_seed(tmp_path):
 
 def test_dataset_pickles_and_workers_get_different_numpy_seeds(tmp_path):
     folder = write_textured(tmp_path / "c", 200, size=32)
-    ds = ClipDataset([entry(folder)] * 4, "train", sampling_rate=1, input_size=16, short_side_size=16)
+    ds = clip_dataset([entry(folder)] * 4, "train", sampling_rate=1, input_size=16, short_side_size=16)
     pickle.loads(pickle.dumps(ds))
     starts = []
 
@@ -246,7 +246,7 @@ def test_dataset_pickles_and_workers_get_different_numpy_seeds(tmp_path):
 def test_seeded_items_depend_on_seed_epoch_and_index_only(tmp_path):
     """What makes a resumed run see the same clips: no dependence on earlier draws, the worker, or the loader."""
     folder = write_textured(tmp_path / "c", 40, size=40)
-    ds = ClipDataset([entry(folder)] * 3, "train", sampling_rate=1, input_size=24, short_side_size=32, seed=5)
+    ds = clip_dataset([entry(folder)] * 3, "train", sampling_rate=1, input_size=24, short_side_size=32, seed=5)
     first = ds[1][0]
     np.random.rand(3), random.random(), torch.rand(3)
     assert torch.equal(ds[1][0], first) and not torch.equal(ds[2][0], first)
@@ -262,10 +262,10 @@ def test_seeded_items_depend_on_seed_epoch_and_index_only(tmp_path):
 
 def test_skip_bad_returns_the_unreadable_entry_instead_of_raising(tmp_path):
     (tmp_path / "empty").mkdir()
-    ds = ClipDataset([entry(tmp_path / "empty", source="train.csv:4")], "validation", skip_bad=True)
+    ds = clip_dataset([entry(tmp_path / "empty", source="train.csv:4")], "validation", skip_bad=True)
     bad = ds[0]
     assert bad.source == "train.csv:4" and "no *.jpg frames" in bad.error
-    test = ClipDataset([entry(tmp_path / "empty")], "test", skip_bad=True)  # a test clip is never skipped
+    test = clip_dataset([entry(tmp_path / "empty")], "test", skip_bad=True)  # a test clip is never skipped
     with pytest.raises(ValueError, match="no"):
         test[0]
 

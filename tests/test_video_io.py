@@ -7,9 +7,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.clips import MEAN, STD, args_for, entry, levels, smooth_frames, write_frames, write_textured, write_video
+from support.clips import (
+    MEAN,
+    STD,
+    args_for,
+    clip_dataset,
+    entry,
+    levels,
+    smooth_frames,
+    write_frames,
+    write_textured,
+    write_video,
+)
 
-from datasets import ClipDataset, build_dataset
+from datasets import build_dataset
 from video_io import FrameSource
 
 
@@ -31,7 +42,7 @@ def test_single_image_entry_is_repeated(tmp_path):
     path = tmp_path / "face.jpg"
     cv2.imwrite(str(path), np.full((40, 40, 3), 90, np.uint8))
     for mode in ("train", "validation", "test"):
-        clip = ClipDataset([entry(path)], mode, input_size=16, short_side_size=16, reprob=0)[0][0]
+        clip = clip_dataset([entry(path)], mode, input_size=16, short_side_size=16, reprob=0)[0][0]
         assert clip.shape == (3, 16, 16, 16)
         assert torch.equal(clip, clip[:, :1].expand_as(clip))
 
@@ -41,12 +52,12 @@ def test_video_entries_sample_the_video_frames(tmp_path):
     import decord
 
     frames = decord.VideoReader(str(video)).get_batch(list(range(20))).asnumpy()
-    ds = ClipDataset([entry(video)], "test", sampling_rate=1, input_size=16, short_side_size=16,
+    ds = clip_dataset([entry(video)], "test", sampling_rate=1, input_size=16, short_side_size=16,
                      test_num_segment=2, test_num_crop=1)
     view1 = ds[1][0]  # frames 4..19
     expected = np.stack([np.asarray(Image.fromarray(f).resize((16, 16), Image.BILINEAR)) for f in frames[4:]])
     assert torch.equal(view1, (torch.from_numpy(expected).permute(3, 0, 1, 2).float() / 255 - MEAN) / STD)
-    train = ClipDataset([entry(video)], "train", sampling_rate=1, input_size=16, short_side_size=16, aa=None,
+    train = clip_dataset([entry(video)], "train", sampling_rate=1, input_size=16, short_side_size=16, aa=None,
                         reprob=0)
     clip, label = train[0]
     assert clip.shape == (3, 16, 16, 16) and label == 0
@@ -76,11 +87,11 @@ def test_unreadable_image_and_video_name_the_file(tmp_path, mode):
     folder = write_frames(tmp_path / "c", [50] * 3, ext="jpg")
     (folder / "00001.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(OSError, match=r"00001\.jpg"):
-        ClipDataset([entry(folder)], mode, sampling_rate=1, input_size=16, short_side_size=16)[0]
+        clip_dataset([entry(folder)], mode, sampling_rate=1, input_size=16, short_side_size=16)[0]
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00" * 2048)
     with pytest.raises(OSError, match=r"x\.csv:1: .*broken\.mp4: cannot read the video"):
-        ClipDataset([entry(video)], mode, input_size=16, short_side_size=16)[0]
+        clip_dataset([entry(video)], mode, input_size=16, short_side_size=16)[0]
 
 
 def test_training_frames_are_pils_resize_to_within_2_levels_and_the_crop_resize_is_the_originals(tmp_path):

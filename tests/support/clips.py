@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 import cv2
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from annotations import DATASETS, Annotation
+from datasets import Augmentation, ClipDataset, Sampling
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None, None]
 STD = torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None, None]
@@ -64,3 +66,13 @@ def smooth_frames(num=3, size=40):
     base = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3)).astype(np.uint8), (0, 0), 3)
     base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX)
     return np.stack([np.roll(base, t, axis=0) for t in range(num)])
+
+
+def clip_dataset(annotations: list[Annotation], mode: str, *, seed: int | None = None, skip_bad: bool = False,
+                 **settings) -> ClipDataset:
+    """A ClipDataset from the flags' names (num_frames=8, reprob=0, augment_on="device", ...): each goes to the
+    Sampling or the Augmentation field of that name."""
+    names = {f.name for f in fields(Sampling)}
+    sampling = Sampling(**{k: v for k, v in settings.items() if k in names})
+    augmentation = Augmentation(**{k: v for k, v in settings.items() if k not in names})
+    return ClipDataset(annotations, mode, sampling, augmentation, seed=seed, skip_bad=skip_bad)
