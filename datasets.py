@@ -16,9 +16,10 @@ import itertools
 import logging
 import os
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -118,6 +119,18 @@ def collate_skipping_bad(batch: list) -> tuple:
     if not good:
         return (bad,)
     return (*(collate_views(good) if isinstance(good[0][0], list) else default_collate(good)), bad)
+
+
+def load_item(entry: Annotation, seed: tuple[int, ...] | None, skip_bad: bool, load: Callable[[], Any]):
+    """load(), its draws seeded from `seed` (seeded_rngs) when given; with skip_bad, an entry that cannot be read
+    gives a BadSample instead of raising."""
+    try:
+        with nullcontext() if seed is None else seeded_rngs(seed):
+            return load()
+    except (OSError, ValueError) as err:
+        if not skip_bad:
+            raise
+        return BadSample(entry.source, entry.path, str(err))
 
 
 class TooManyBadSamplesError(RuntimeError):
@@ -229,13 +242,7 @@ class ClipDataset(torch.utils.data.Dataset):
             return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, self.sampling.test_num_crop
         entry = self.annotations[index]
         seed = None if self.seed is None else (self.seed, self.epoch, index)
-        try:
-            with nullcontext() if seed is None else seeded_rngs(seed):
-                return self._train_item(entry)
-        except (OSError, ValueError) as err:
-            if not self.skip_bad:
-                raise
-            return BadSample(entry.source, entry.path, str(err))
+        return load_item(entry, seed, self.skip_bad, lambda: self._train_item(entry))
 
     def _train_item(self, entry: Annotation):
         """A training or validation item (the same temporal sampler, as in the original)."""
