@@ -18,7 +18,7 @@ class DatasetInfo:
 
 
 _SEVEN = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
-# The label orders of the datasets' releases, as the original's lists number them; the only place they live.
+# The label orders of the originals' annotation lists (docs/DATASETS.md); the only place they live.
 DATASETS: dict[str, DatasetInfo] = {
     "FERV39k": DatasetInfo(_SEVEN, "jpg", "test.csv"),
     "DFEW": DatasetInfo(_SEVEN, "jpg", "val.csv"),

@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--video", action="append", default=[], help="an input video; may be repeated")
     add("--video_dir", default=None, help="every video file in this folder")
     add("--out", default="saved/inference", help="outputs go to OUT/<video name>/")
-    # Model: from the checkpoint's stored args where present, else from these flags (finetune.md defaults).
+    # Model: from the checkpoint's stored args where present, else from these flags (the released scripts' defaults).
     add("--model", default=None)
     add("--nb_classes", default=None, type=int)
     add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
