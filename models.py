@@ -1,4 +1,4 @@
-"""The fine-tune model as the scripts build it from their arguments, and the full-size configuration.
+"""The fine-tune model as the scripts build it from their arguments, and the full-size configurations.
 
 run_class_finetuning.py and run_inference.py build their models here; the models themselves are registered in timm by
 modeling_finetune.py.
@@ -22,6 +22,10 @@ from modeling_finetune import infer_fusion
 # LGI-Former base, depth 16, 160 px, 16 frames, local-global attention over 2x5x10 regions, region-token pooling.
 FULL_SIZE = dict(model="vit_base_dim512_no_depth_patch16_160", depth=16, input_size=160, num_frames=16,
                  attn_type="local_global", lg_region_size=[2, 5, 10], lg_classify_token_type="region")
+# The pretraining recipe's model (scripts/voxceleb2/), whose encoder FULL_SIZE fine-tunes: run_mae_pretraining.py's
+# flags.
+FULL_SIZE_PRETRAIN = dict(model="pretrain_videomae_base_dim512_no_depth_patch16_160", encoder_depth=16, decoder_depth=4,
+                          input_size=160, num_frames=16, attn_type="local_global", lg_region_size=[2, 5, 10])
 
 
 def create_model(args: argparse.Namespace, fusion: str | None = None) -> nn.Module:

@@ -183,3 +183,15 @@ def test_the_launchers_write_out_the_full_size_configuration(tmp_path):
         for name, value in FULL_SIZE.items():
             written = " ".join(map(str, value)) if isinstance(value, list) else str(value)
             assert f"--{name} {written}" in text, (data_set, name)
+
+
+def test_the_pretraining_launcher_writes_out_the_full_size_configuration():
+    from models import FULL_SIZE_PRETRAIN
+
+    text = (ROOT / "scripts/voxceleb2/pretrain_local_global_attn_depth16_region_size2510_with_diff_target_102.sh"
+            ).read_text()
+    model, *rest = FULL_SIZE_PRETRAIN.items()
+    assert f"MODEL={model[1]}\n" in text and '--model "$MODEL"' in text
+    for name, value in rest:
+        written = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        assert f"--{name} {written}" in text, name
