@@ -237,7 +237,7 @@ def build_training_data(args: argparse.Namespace, device: torch.device) -> Train
 
 
 def prepare_fit(args: argparse.Namespace, run: training.Run, model: nn.Module, data: TrainingData, fusion: str,
-                precision) -> Fit:
+                precision: engine.Precision) -> Fit:
     """Schedule, loss, EMA and optimizer for the global batch; the state resumed from output_dir; the checkpointer."""
     global_batch = args.batch_size * args.update_freq * run.process.world_size
     steps = training.steps_per_epoch(len(data.dataset), global_batch, "the training set")
@@ -264,7 +264,7 @@ def prepare_fit(args: argparse.Namespace, run: training.Run, model: nn.Module, d
 
 
 def train_epochs(args: argparse.Namespace, run: training.Run, fit: Fit, data: TrainingData, eval_model: nn.Module,
-                 precision, n_parameters: int) -> None:
+                 precision: engine.Precision, n_parameters: int) -> None:
     """The epochs from the resumed one on: train, validate (saving checkpoint-best), log, checkpoint."""
     device, state, steps = run.device, fit.state, fit.schedule.steps_per_epoch
     start = time.time()
@@ -288,8 +288,8 @@ def train_epochs(args: argparse.Namespace, run: training.Run, fit: Fit, data: Tr
     logging.info("training time %.0f s", time.time() - start)
 
 
-def validate(args: argparse.Namespace, fit: Fit, data: TrainingData, eval_model: nn.Module, precision, epoch: int,
-             device: torch.device) -> dict:
+def validate(args: argparse.Namespace, fit: Fit, data: TrainingData, eval_model: nn.Module,
+             precision: engine.Precision, epoch: int, device: torch.device) -> dict:
     """One epoch's validation: logged, written to TensorBoard, checkpoint-best saved on a new best --val_metric."""
     data.val_dataset.set_epoch(epoch)
     val_stats = engine.evaluate(data.val_loader, eval_model, device, num_classes=args.nb_classes,

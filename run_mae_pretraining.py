@@ -19,6 +19,7 @@ from tensorboardX import SummaryWriter
 from torch import nn
 
 import datasets
+import engine
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
 import rng
@@ -152,7 +153,7 @@ class Fit:
 
 
 def prepare_fit(args: argparse.Namespace, run: training.Run, model: nn.Module, num_videos: int,
-                objective: engine_pretrain.Objective, precision) -> Fit:
+                objective: engine_pretrain.Objective, precision: engine.Precision) -> Fit:
     """Schedule and optimizer for the global batch; the state resumed from output_dir; the checkpointer."""
     global_batch = args.batch_size * run.process.world_size
     steps = training.steps_per_epoch(num_videos, global_batch, args.data_path)
@@ -205,8 +206,8 @@ def main(args: argparse.Namespace) -> None:
     logging.info("training time %.0f s", time.time() - start)
 
 
-def train_epoch(args: argparse.Namespace, run: training.Run, fit: Fit, loader, objective: engine_pretrain.Objective,
-                precision, epoch: int) -> dict:
+def train_epoch(args: argparse.Namespace, run: training.Run, fit: Fit, loader: datasets.Loader,
+                objective: engine_pretrain.Objective, precision: engine.Precision, epoch: int) -> dict:
     """One epoch (the rest of it when resumed part-way), then its checkpoint."""
     state, steps = fit.state, fit.schedule.steps_per_epoch
     resume_step = state.start_step if epoch == state.start_epoch else 0
