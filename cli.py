@@ -1,8 +1,8 @@
 """The entry scripts' command lines: argument groups, the flags the scripts share, and the ignored original flags.
 
 Flags keep the original scripts' names and defaults, so the authors' command lines run unchanged. Flags this
-project adds say "(ours)"; flags the original scripts parse but this project does not use go in the "ignored"
-group, and giving one a value other than its default logs a warning.
+project adds are in the "ours" group; flags the original scripts parse but this project does not use are in the
+"ignored" group, and giving one a value other than its default logs a warning.
 """
 
 from __future__ import annotations
