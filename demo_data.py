@@ -428,15 +428,16 @@ def face_scene(photo: np.ndarray, background: np.ndarray, centre: tuple[float, f
 
 def make_scene_video(path: str | os.PathLike, poses: np.ndarray, *, background: np.ndarray | None = None,
                      size: tuple[int, int] = (640, 360), fps: float = 25.0) -> np.ndarray:
-    """Write an mp4 of the portrait's head on a real background, one frame per row of poses (centre x, centre y,
+    """Write a video of the portrait's head on a real background, one frame per row of poses (centre x, centre y,
     face core height, angle in degrees; all in pixels of the frame, NaN height: no face). Returns the face core's
     box per frame (NaN rows where there is no face)."""
     width, height = size
     scene = cv2.resize(background_photo() if background is None else background, size, interpolation=cv2.INTER_AREA)
     photo = face_photo()
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    codec = "FLV1" if str(path).endswith(".flv") else "mp4v"  # Flash video, as CREMA-D is distributed, or MPEG-4
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
-        raise OSError(f"{path}: OpenCV cannot write an mp4 here")
+        raise OSError(f"{path}: OpenCV cannot write a video here")
     boxes = np.full((len(poses), 4), np.nan)
     for i, (x, y, face_height, angle) in enumerate(poses):
         frame = scene

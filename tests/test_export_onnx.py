@@ -24,6 +24,7 @@ def tiny_checkpoint(folder, fusion: str):
     parser.set_defaults(**rcf.DEMO_DEFAULTS)
     args = parser.parse_args(["--output_dir", str(folder), "--input_size", "32", "--depth", "1", "--num_frames", "8",
                               "--lg_region_size", "2", "1", "2", "--fusion", fusion, "--device", "cpu"])
+    folder.mkdir()
     torch.manual_seed(0)
     model = rcf.create_model(args)
     with torch.no_grad():  # a head far from zero, so that logits differ between clips
@@ -37,14 +38,25 @@ def export(checkpoint, out, *extra: str) -> dict:
         ["--checkpoint", str(checkpoint), "--out", str(out), *extra]))
 
 
+def export_tiny(folder, fusion: str):
+    """(checkpoint, PyTorch model, ONNX path, export_onnx.main's result) of a tiny model with this fusion."""
+    checkpoint, model = tiny_checkpoint(folder / "ckpt", fusion)
+    return checkpoint, model, folder / "model.onnx", export(checkpoint, folder / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def exported_add(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("add"), "add")
+
+
 @pytest.mark.parametrize("fusion", ["add", pytest.param("none", marks=pytest.mark.slow),
                                     pytest.param("cat", marks=pytest.mark.slow),
                                     pytest.param("pos", marks=pytest.mark.slow)])
-def test_every_fusion_exports_and_matches_pytorch(fusion, tmp_path):
-    checkpoint, model = tiny_checkpoint(tmp_path / "ckpt", fusion)
-    result = export(checkpoint, tmp_path / "model.onnx")
+def test_every_fusion_exports_and_matches_pytorch(fusion, tmp_path, request):
+    _, model, path, result = request.getfixturevalue("exported_add") if fusion == "add" else \
+        export_tiny(tmp_path, fusion)
     assert result["max_abs_diff"] <= 1e-4 and result["identity"]["fusion"] == fusion
-    proto = onnx.load(str(tmp_path / "model.onnx"))
+    proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     (clip_input,) = proto.graph.input
     assert clip_input.name == "clip" and [o.name for o in proto.graph.output] == ["logits"]
@@ -54,7 +66,7 @@ def test_every_fusion_exports_and_matches_pytorch(fusion, tmp_path):
     assert identity["num_frames"] == 8 and identity["classes"] == list(DATASETS["DEMO"].classes)
     # An independent clip at a batch size the export never saw.
     clip = torch.randn(5, 3, 8, 32, 32, generator=torch.Generator().manual_seed(7))
-    runtime = export_onnx.OnnxModel(tmp_path / "model.onnx")
+    runtime = export_onnx.OnnxModel(path)
     with torch.no_grad():
         expected = model(clip)
     logits = runtime(clip)
@@ -62,23 +74,22 @@ def test_every_fusion_exports_and_matches_pytorch(fusion, tmp_path):
     assert (expected.std(dim=0) > 1e-3).all(), "the clips' logits should differ, for the comparison to mean much"
 
 
-def test_onnxruntime_backend_gives_the_pytorch_timeline(tmp_path):
-    checkpoint, _ = tiny_checkpoint(tmp_path / "ckpt", "add")
-    export(checkpoint, tmp_path / "model.onnx")
+def test_onnxruntime_backend_gives_the_pytorch_timeline(exported_add, tmp_path):
+    checkpoint, _, path, _ = exported_add
     video = tmp_path / "portrait.mp4"
     make_face_video(video, seconds=1.2, size=(256, 144))
     common = ["--video", str(video), "--min_face_frames", "1"]
     (eager,) = ri.main(ri.get_args_parser().parse_args(["--checkpoint", str(checkpoint), "--out",
                                                         str(tmp_path / "eager"), *common]))
-    (onnx_run,) = ri.main(ri.get_args_parser().parse_args(["--backend", "onnxruntime", "--onnx",
-                                                           str(tmp_path / "model.onnx"), "--out",
+    (onnx_run,) = ri.main(ri.get_args_parser().parse_args(["--backend", "onnxruntime", "--onnx", str(path),
+                                                           "--out",
                                                            str(tmp_path / "ort"), *common]))
     assert np.allclose(onnx_run["probs"], eager["probs"], atol=1e-5)
     summary = json.loads((tmp_path / "ort" / "portrait" / "summary.json").read_text())
     assert summary["model"]["backend"] == "onnxruntime" and summary["model"]["fusion"] == "add"
     with pytest.raises(ckpt.CheckpointError, match="--num_frames 16 does not match the exported model, which has "
                                                     "num_frames 8"):
-        ri.main(ri.get_args_parser().parse_args(["--backend", "onnxruntime", "--onnx", str(tmp_path / "model.onnx"),
+        ri.main(ri.get_args_parser().parse_args(["--backend", "onnxruntime", "--onnx", str(path),
                                                  "--num_frames", "16", *common]))
     with pytest.raises(ValueError, match="needs --onnx FILE"):
         ri.main(ri.get_args_parser().parse_args(["--backend", "onnxruntime", *common]))
