@@ -8,6 +8,7 @@ parses, builds the model from the checkpoint and loops over the videos.
 
     python run_inference.py --checkpoint CKPT --video talk.mp4 --out saved/inference
     python run_inference.py --demo      # a video made from the portrait matplotlib ships, and the demo checkpoint
+    python run_inference.py --backend onnxruntime --onnx model.onnx --video talk.mp4   # export_onnx.py's file
 """
 
 from __future__ import annotations

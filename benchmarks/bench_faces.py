@@ -104,13 +104,37 @@ def extraction_speed(args: argparse.Namespace) -> dict:
     return dict(frames=frames, seconds=seconds, frames_per_s_per_core=frames / seconds)
 
 
+def alignment_figure(path: Path) -> None:
+    """The crops of the tilted portrait (top) and the same crops with --align eyes (bottom), as run_inference.py and
+    extract_faces.py cut them with the default detector."""
+    photo = face_photo()
+    scene = cv2.resize(background_photo(), SIZE, interpolation=cv2.INTER_AREA)
+    detector, aligner = faces.make_detector("dnn"), faces.EyeAligner()
+    rows = [[], []]
+    for angle in (-40, -25, -10, 10, 25, 40):
+        frame, _ = face_scene(photo, scene, (320, 180), 100, angle)
+        (box,) = detector(frame)[:1]
+        square = faces.crop_box(box, faces.FACE_SCALES["dnn"])
+        roll = aligner(frame, box)
+        for row, turn in zip(rows, (0.0, 0.0 if np.isnan(roll) else roll)):
+            tile = cv2.cvtColor(faces.crop(frame, square, 160, turn), cv2.COLOR_RGB2BGR)
+            label = f"tilt {angle:+d}" if row is rows[0] else f"turned {turn:+.0f}"
+            cv2.putText(tile, label, (6, 152), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            row.append(tile)
+    cv2.imwrite(str(path), cv2.vconcat([cv2.hconcat(r) for r in rows]))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--heights", nargs="+", type=int, default=[40, 70, 120, 200], help="face heights (eyes to mouth)")
     p.add_argument("--angles", nargs="+", type=int, default=[0, 15, 30, 45], help="tilts in degrees (either way)")
     p.add_argument("--frames", type=int, default=20, help="frames per (height, angle) cell")
     p.add_argument("--videos", type=int, default=4, help="50-frame videos for the extraction timing")
+    p.add_argument("--figure", type=Path, default=None, help="also draw the crops with and without --align eyes")
     args = p.parse_args()
+    if args.figure:
+        alignment_figure(args.figure)
     detectors = {name: faces.make_detector(name) for name in ("haar", "dnn")}
     rows, other = recall_table(args, detectors)
     for name, t in other["ms_per_frame"].items():

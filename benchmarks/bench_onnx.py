@@ -52,6 +52,7 @@ def full_size_checkpoint(folder: Path, fusion: str) -> Path:
         "--model", "vit_base_dim512_no_depth_patch16_160", "--depth", "16", "--input_size", "160", "--nb_classes",
         "7", "--data_set", "DFEW", "--lg_region_size", "2", "5", "10", "--fusion", fusion, "--output_dir", str(folder)])
     model = rcf.create_model(args)
+    folder.mkdir(parents=True)
     return ckpt.save_model(folder, 0, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), args=args)
 
 
