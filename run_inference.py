@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 # The model-defining flags: taken from the checkpoint's stored arguments; given on the command line they must agree.
 MODEL_FLAGS = ("model", "nb_classes", "data_set", "fusion", "depth", "input_size", "num_frames", "sampling_rate",
                "tubelet_size", "attn_type", "lg_region_size", "lg_classify_token_type")
-# For a checkpoint without stored arguments: the configuration of the original repository's fine-tuning scripts.
+# For a checkpoint without stored arguments: the released scripts' configuration (MAE-DFER `scripts/dfew/`).
 SCRIPT_CONFIG = dict(model="vit_base_dim512_no_depth_patch16_160", depth=16, input_size=160, num_frames=16,
                      attn_type="local_global", lg_region_size=[2, 5, 10], lg_classify_token_type="region")
 # The rest of what rcf.create_model reads, for a model that is only evaluated (dropout off; weights from the file).
