@@ -88,7 +88,8 @@ def check(model: torch.nn.Module, path: Path, clips: list[torch.Tensor], toleran
 
 
 def main(args: argparse.Namespace) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the exporter's own INFO lines are many
+    logger.setLevel(logging.INFO)
     model, cfg, identity = ri.load_model(args, torch.device("cpu"))
     shape = (3, cfg.num_frames, cfg.input_size, cfg.input_size)
     gen = torch.Generator().manual_seed(0)
