@@ -6,7 +6,7 @@ counts as found when a detection overlaps the face's box by IoU >= 0.3. Both det
 old default, and dnn) take turns on every frame; the no-face frames are the backgrounds alone. Then
 preprocess/extract_faces.py (one process, one OpenCV thread) on 25 fps videos of a moving, tilting face.
 
-    python benchmarks/bench_faces.py                  # 4 sizes x 4 angles x 20 frames; ~2 min on 2 cores
+    python benchmarks/bench_faces.py                  # 4 sizes x 4 angles x 20 frames, 4 videos extracted
     python benchmarks/bench_faces.py --frames 5 --videos 1
 """
 

@@ -4,7 +4,7 @@ Full-size MAE-DFER and MAE-DFER-CA (fusion add), random weights in our checkpoin
 then, at each batch size, eager PyTorch and ONNX Runtime take turns on the same normalised clip (both with
 --threads threads), and each timing is the median [min-max] of --repeats runs after one warm-up.
 
-    python benchmarks/bench_onnx.py                                  # both models, batch 1 and 8; ~10 min on 2 cores
+    python benchmarks/bench_onnx.py                                  # both models, batch 1 and 8: long on 2 cores
     python benchmarks/bench_onnx.py --fusions add --batch_sizes 1 --repeats 3
 """
 
@@ -79,7 +79,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of both backends")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
+    now = datetime.now(timezone.utc)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{now:%Y-%m-%d}-{platform.node() or 'machine'}-onnx.json"
+    results = dict(date=now.isoformat(timespec="seconds"), machine=machine(),
+                   command=" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), threads=args.threads,
+                   torch=torch.__version__, rows=[])
     with tempfile.TemporaryDirectory() as tmp:
         for fusion in args.fusions:
             checkpoint = full_size_checkpoint(Path(tmp) / fusion, fusion)
@@ -93,20 +98,15 @@ def main() -> None:
                 clip = torch.randn(batch, 3, 16, 160, 160)
                 timed = take_turns(runners, clip, args.repeats)
                 speedup = timed["pytorch eager"]["median"] / timed["onnxruntime"]["median"]
-                rows.append(dict(fusion=fusion, batch=batch, export_s=exported["seconds"],
-                                 max_abs_diff=exported["max_abs_diff"], seconds_per_call=timed, speedup=speedup))
+                results["rows"].append(dict(fusion=fusion, batch=batch, export_s=exported["seconds"],
+                                            max_abs_diff=exported["max_abs_diff"], seconds_per_call=timed,
+                                            speedup=speedup, load_average=os.getloadavg()))
+                path.write_text(json.dumps(results, indent=1) + "\n")  # after every row: a long run keeps its rows
                 print(f"fusion {fusion:4s} batch {batch}: eager {timed['pytorch eager']['median']:.2f} s "
                       f"[{timed['pytorch eager']['min']:.2f}-{timed['pytorch eager']['max']:.2f}], onnxruntime "
                       f"{timed['onnxruntime']['median']:.2f} s [{timed['onnxruntime']['min']:.2f}-"
                       f"{timed['onnxruntime']['max']:.2f}]: {speedup:.2f}x; export {exported['seconds']:.0f} s, "
                       f"max |diff| {exported['max_abs_diff']:.1e}", flush=True)
-    now = datetime.now(timezone.utc)
-    info = machine()
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{now:%Y-%m-%d}-{platform.node() or 'machine'}-onnx.json"
-    path.write_text(json.dumps(dict(date=now.isoformat(timespec="seconds"), machine=info,
-                                    command=" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                                    threads=args.threads, torch=torch.__version__, rows=rows), indent=1) + "\n")
     print(f"wrote {path}")
 
 
