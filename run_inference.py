@@ -84,14 +84,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The model-defining flags (MODEL_FLAGS): taken from the checkpoint's stored arguments where present, else from
     these flags and the released scripts' configuration."""
     add = p.add_argument
-    add("--model", default=None, help=f"timm name of the model (default: {SCRIPT_CONFIG['model']})")
+    add("--model", default=None, help=f"timm name of the model (default: {FULL_SIZE['model']})")
     add("--nb_classes", default=None, type=int, help="number of classes (default: those of --data_set)")
     add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
     add("--fusion", default=None, choices=["none", "add", "cat", "pos"],
         help="CA branch fusion (default: read off the weights)")
-    add("--depth", default=None, type=int, help=f"encoder blocks (default: {SCRIPT_CONFIG['depth']})")
-    add("--input_size", default=None, type=int, help=f"frame side in pixels (default: {SCRIPT_CONFIG['input_size']})")
-    add("--num_frames", default=None, type=int, help=f"frames per clip (default: {SCRIPT_CONFIG['num_frames']})")
+    add("--depth", default=None, type=int, help=f"encoder blocks (default: {FULL_SIZE['depth']})")
+    add("--input_size", default=None, type=int, help=f"frame side in pixels (default: {FULL_SIZE['input_size']})")
+    add("--num_frames", default=None, type=int, help=f"frames per clip (default: {FULL_SIZE['num_frames']})")
     add("--sampling_rate", default=None, type=int, help="default: 1 for FERV39k, 4 otherwise (the scripts')")
     add("--tubelet_size", default=None, type=int, help="frames per patch (default: 2)")
     add("--attn_type", default=None, choices=["joint", "local_global"], help="default: local_global")

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import checkpoint as ckpt
 import export_onnx
 import run_class_finetuning as rcf
+from models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +52,7 @@ def full_size_checkpoint(folder: Path, fusion: str) -> Path:
     args = rcf.get_args_parser().parse_args([
         "--model", "vit_base_dim512_no_depth_patch16_160", "--depth", "16", "--input_size", "160", "--nb_classes",
         "7", "--data_set", "DFEW", "--lg_region_size", "2", "5", "10", "--fusion", fusion, "--output_dir", str(folder)])
-    model = rcf.create_model(args)
+    model = create_model(args)
     folder.mkdir(parents=True)
     return ckpt.save_model(folder, 0, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), args=args)
 
@@ -91,7 +92,7 @@ def main() -> None:
             out = Path(tmp) / f"{fusion}.onnx"
             exported = export_onnx.main(export_onnx.get_args_parser().parse_args(
                 ["--checkpoint", str(checkpoint), "--out", str(out)]))
-            model = rcf.create_model(argparse.Namespace(**vars(ckpt.load_checkpoint(checkpoint)["args"])))
+            model = create_model(argparse.Namespace(**vars(ckpt.load_checkpoint(checkpoint)["args"])))
             ckpt.load_model_weights(model, checkpoint)
             runners = {"pytorch eager": model.eval(), "onnxruntime": export_onnx.OnnxModel(out, args.threads)}
             for batch in args.batch_sizes:

@@ -16,6 +16,7 @@ import run_class_finetuning as rcf
 import run_inference as ri
 from datasets import DATASETS
 from demo_data import make_face_video
+from models import create_model
 
 
 def tiny_checkpoint(folder, fusion: str):
@@ -26,7 +27,7 @@ def tiny_checkpoint(folder, fusion: str):
                               "--lg_region_size", "2", "1", "2", "--fusion", fusion, "--device", "cpu"])
     folder.mkdir()
     torch.manual_seed(0)
-    model = rcf.create_model(args)
+    model = create_model(args)
     with torch.no_grad():  # a head far from zero, so that logits differ between clips
         model.head.weight.normal_(0, 0.5)
     return ckpt.save_model(args.output_dir, 0, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
