@@ -22,6 +22,7 @@ import checkpoint
 import datasets
 import engine
 import modeling_finetune  # noqa: F401  (registers the models in timm)
+import preemption
 import training
 import utils
 from datasets import DATASETS, build_dataset
@@ -284,7 +285,7 @@ def main(args: argparse.Namespace) -> nn.Module:
         # This rank's clips of the epoch already seen (steps x accumulation x batch) are skipped.
         loader_train.sampler.set_epoch(epoch, start=resume_step * args.update_freq * args.batch_size)
         dataset_train.set_epoch(epoch)
-        with training.naming_last_checkpoint(run.output_dir):
+        with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(saver, epoch):
             train_stats = engine.train_one_epoch(
                 train_model, loader_train, optimizer, device, epoch=epoch, criterion=criterion, precision=precision,
                 schedule=schedule, global_step_offset=epoch * steps, resume_step=resume_step,
@@ -322,5 +323,5 @@ def main(args: argparse.Namespace) -> nn.Module:
 
 
 if __name__ == "__main__":
-    with training.process_group_closed():
+    with training.process_group_closed(), preemption.stop_on_signals():
         main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))

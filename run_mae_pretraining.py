@@ -19,6 +19,7 @@ from torch import nn
 import datasets
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
+import preemption
 import training
 import utils
 from datasets_pretrain import build_pretrain_dataset
@@ -169,7 +170,7 @@ def main(args: argparse.Namespace) -> None:
         resume_step = state.start_step if epoch == state.start_epoch else 0
         loader.sampler.set_epoch(epoch, start=resume_step * args.batch_size)  # this rank's clips already seen
         dataset.set_epoch(epoch)
-        with training.naming_last_checkpoint(run.output_dir):
+        with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(saver, epoch):
             stats = engine_pretrain.train_one_epoch(
                 train_model, loader, optimizer, device, epoch=epoch, objective=objective, precision=precision,
                 schedule=schedule, global_step_offset=epoch * steps, resume_step=resume_step,
@@ -189,5 +190,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    with training.process_group_closed():
+    with training.process_group_closed(), preemption.stop_on_signals():
         main(utils.parse_args(get_args_parser(), DEMO_DEFAULTS))
