@@ -120,14 +120,17 @@ def preempt(script: str, flags: list[str], work: Path, out: Path, *, nproc: int,
 
 
 def assert_stopped_together(work: Path, out: Path, steps_per_epoch: int) -> int:
-    """checkpoint-last.pth is mid-epoch 0, of the step every process stopped after, and holds their parameters."""
+    """checkpoint-last.pth is mid-epoch 0, of the step every process stopped after, and holds their parameters
+    (BatchNorm statistics are rank 0's: DDP gives them to every rank at each forward)."""
     last = ckpt.load_checkpoint(out / ckpt.LAST)
     assert last["epoch"] == 0 and 1 <= last["step"] < steps_per_epoch, (last["epoch"], last["step"])
     ranks = reports(work)
+    parameters = {k for k in last["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert [r["optimizer_steps"] for r in ranks] == [last["step"]] * len(ranks)
     for report in ranks:
         params = torch.load(work / "report" / f"params-rank{report['rank']}.pt")
-        assert all(torch.equal(params[k], v) for k, v in last["model"].items()), f"rank {report['rank']} differs"
+        differ = [k for k, v in last["model"].items() if k in parameters and not torch.equal(params[k], v)]
+        assert not differ, f"rank {report['rank']} differs in {differ}"
     return last["step"]
 
 
