@@ -72,6 +72,8 @@ def checkpoint_on_stop(saver: Checkpointer, epoch: int) -> Iterator[None]:
         saver.save(epoch, step=stop.step, meters=stop.meters)
         if torch.distributed.is_initialized():
             torch.distributed.barrier()  # nobody exits (and makes a launcher stop the others) before the write
-        logger.warning("preempted at epoch %d after step %d: %s/checkpoint-last.pth written; run the same command "
-                       "again to resume (exit status %d)", epoch, stop.step, saver.run.output_dir, PREEMPTED)
+        written = f"{saver.run.output_dir}/checkpoint-last.pth written" if saver.enabled else "no checkpoint " \
+            "(--no_save_ckpt)"
+        logger.warning("preempted at epoch %d after step %d: %s; run the same command again to resume (exit status "
+                       "%d)", epoch, stop.step, written, PREEMPTED)
         raise SystemExit(PREEMPTED) from None

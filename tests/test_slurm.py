@@ -121,6 +121,14 @@ class Cluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         self.daemons = []
+        try:
+            self._start_daemons(conf, key, socket_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_daemons(self, conf: Path, key: Path, socket_path: Path) -> None:
+        root = self.root
         self.daemons.append(self._start(["munged", "--foreground", "--force", f"--socket={socket_path}",
                                          f"--key-file={key}", f"--pid-file={root}/munge/munged.pid",
                                          f"--log-file={root}/munge/munged.log",
@@ -199,9 +207,9 @@ def job_flags(data, out) -> list[str]:
             "--test_num_segment", "1", "--test_num_crop", "1", "--save_every_steps", "1", "--output_dir", str(out)]
 
 
-def submit(cluster: Cluster, work: Path, flags: list[str], **env: str) -> str:
+def submit(cluster: Cluster, work: Path, flags: list[str], tasks: int = 2, **env: str) -> str:
     work.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["sbatch", "--parsable", "--ntasks", "2", "--cpus-per-task", "1",
+    result = subprocess.run(["sbatch", "--parsable", "--ntasks", str(tasks), "--cpus-per-task", "1",
                              f"--output={work}/slurm-%j.out", str(ROOT / "scripts/slurm/finetune.sbatch"), *flags],
                             env={**cluster.env, "PYTHONUNBUFFERED": "1", **env}, cwd=work, capture_output=True,
                             text=True, timeout=60)
@@ -275,3 +283,22 @@ def test_a_preempted_slurm_job_requeues_itself_resumes_and_ends_as_the_uninterru
     assert log.count("preempted at epoch") >= 2 and "requeued to resume" in log, log[-4000:]
     assert f"exit status {preemption.PREEMPTED}" in log
     same_end(reference / "out", out)
+
+
+@pytest.mark.slow
+def test_a_dataset_recipe_runs_through_the_slurm_launcher(cluster, tmp_path):
+    """RECIPE=ferv39k: the FERV39k launcher's recipe under srun (its flags, then the test's, which shrink the run)."""
+    from test_launchers import fake_dataset
+
+    data = tmp_path / "data"
+    fake_dataset(data, 7, "jpg", ("train.csv", "test.csv"))
+    out = tmp_path / "out"
+    job = submit(cluster, tmp_path, ["--data_path", str(data), "--depth", "1", "--epochs", "1", "--batch_size", "2",
+                                     "--num_workers", "0", "--device", "cpu"],
+                 tasks=1, RECIPE="ferv39k", FINETUNE="", OUTPUT_DIR=str(out), DATA_ROOT=str(data))
+    state = wait_for(lambda: finished(cluster, job), "end", time.time() + TIMEOUT, cluster, job, tmp_path)
+    log = (tmp_path / f"slurm-{job}.out").read_text(errors="replace")
+    assert state == "COMPLETED", log[-4000:]
+    assert json.loads((out / "metrics.json").read_text())["num_clips"] == 7
+    args = ckpt.load_checkpoint(out / "checkpoint-0.pth")["args"]
+    assert (args.data_set, args.input_size, args.fusion, args.batch_size) == ("FERV39k", 160, "add", 2)
