@@ -234,13 +234,13 @@ def _inspect_star(args: tuple) -> ClipInfo:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The data the released checkpoints were trained on (data.md §1-3). Lists of other variants still train and
+# The data the released checkpoints were trained on (docs/DATASETS.md). Lists of other variants still train and
 # test, but do not give the papers' numbers: the authors' answer to most "I cannot reproduce" reports. Warnings.
 
 @dataclass(frozen=True)
 class Layout:
     trained_on: str  # what the released checkpoints were trained on
-    frame_size: tuple[int, int] | None = None  # (width, height) of every distributed frame, where data.md has it
+    frame_size: tuple[int, int] | None = None  # (width, height) of every distributed frame, where it is known
 
 
 LAYOUTS = {

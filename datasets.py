@@ -46,7 +46,7 @@ class DatasetInfo:
 
 
 _SEVEN = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
-# The label orders of data.md §1.2, §2.2, §3.2 and §5; the only place they live.
+# The label orders of the originals' annotation lists (docs/DATASETS.md); the only place they live.
 DATASETS: dict[str, DatasetInfo] = {
     "FERV39k": DatasetInfo(_SEVEN, "jpg", "test.csv"),
     "DFEW": DatasetInfo(_SEVEN, "jpg", "val.csv"),
@@ -114,8 +114,8 @@ def read_annotations(csv_path: str | os.PathLike, nb_classes: int | None,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Temporal sampling (finetune.md §2.9.3). Pure functions of the frame count; the random one draws from numpy's
-# global RNG as the original does, so seeding numpy (seed_worker) reproduces it.
+# Temporal sampling (docs/ARCHITECTURE.md, "Data flow"). Pure functions of the frame count; the random one
+# draws from numpy's global RNG as the original does, so seeding numpy (seed_worker) reproduces it.
 
 def train_indices(n: int, clip_len: int = 16, rate: int = 4) -> np.ndarray:
     """Frame indices of a training (and validation) clip: a random window of clip_len*rate frames, 16 points evenly
@@ -313,13 +313,14 @@ class BadSampleLog:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Clips of one annotation file, for training, validation or the multi-view test (finetune.md §2.9).
+    """Clips of one annotation file, for training, validation or the multi-view test (docs/ARCHITECTURE.md).
 
     Items: train `(clip, label)`, or `([clip] * num_sample, [label] * num_sample)` with num_sample > 1 (independent
     augmentations of the same frames; `collate` flattens them); validation `(clip, label, clip_id)`; test
     `(clip, label, clip_id, chunk_nb, num_crops)` with item = chunk * N + clip. A test item stands for all
     `num_crops` (= test_num_crop) spatial views of its temporal view: after the square resize the original's crop
-    step is 0, so every crop is the whole frame (finetune.md §2.13, quirk 4) and is computed once.
+    step is 0, so every crop is the whole frame (docs/ARCHITECTURE.md, "Quirks of the original code") and is
+    computed once.
     A clip is float32 (3, T, H, W), ImageNet-normalised. With augment_on "device", a training item is
     `(frames, params, label)` (views: lists of each): the uint8 (T, short_side_size, short_side_size, 3) frames and
     the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to apply to the batch.
@@ -406,7 +407,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return normalize(source.pil(loaded[start:start + self.num_frames], self.short_side_size))
 
     def _draw(self, height: int, width: int) -> ClipDraw:
-        """Every random decision of a clip's augmentation, in the worker path's order (§2.9.4-2.9.5)."""
+        """Every random decision of a clip's augmentation, in the worker path's order (MAE-DFER `_aug_frame`)."""
         ops = self.augment.draw() if self.augment is not None else []
         crop = RandomResizedCrop.get_params(torch.empty(1, height, width), scale=(0.08, 1.0), ratio=(0.75, 1.3333))
         flip = bool(torch.rand(()) < 0.5)
@@ -421,7 +422,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return DeviceAugment(self.augment, self.input_size, self.erase_mode)
 
     def _augment(self, frames: np.ndarray, inverse: np.ndarray) -> torch.Tensor:
-        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (§2.9.4-2.9.5).
+        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip.
 
         `frames` are the clip's distinct frames and `inverse` picks the clip from them: with every decision shared,
         a repeated frame comes out of RandAugment as its copies would, so it is augmented once.

@@ -1,4 +1,4 @@
-"""Pretraining data: unlabelled face videos (VoxCeleb2, or the demo's) as clips + masks (pretraining.md §1.6).
+"""Pretraining data: unlabelled face videos (VoxCeleb2, or the demo's) as clips + masks (docs/PRETRAIN.md).
 
 Each item is a clip of num_samples x num_frames frames, sampled at `sampling_rate` from a random offset, the
 VoxCeleb2 face crop when the list is VoxCeleb2's, one multi-scale corner crop for the whole clip, ImageNet

@@ -1,4 +1,4 @@
-"""Pretraining: reconstruction targets, loss and the training epoch (pretraining.md §1.4-1.5).
+"""Pretraining: reconstruction targets, loss and the training epoch (docs/ARCHITECTURE.md, "Pretraining").
 
 For each token the target is its tubelet's pixels, normalised per patch and channel; with the frame-difference
 target, every frame but the first of each group is replaced by its difference to that first frame (taken after

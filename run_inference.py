@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # The model-defining flags: taken from the checkpoint's stored arguments; given on the command line they must agree.
 MODEL_FLAGS = ("model", "nb_classes", "data_set", "fusion", "depth", "input_size", "num_frames", "sampling_rate",
                "tubelet_size", "attn_type", "lg_region_size", "lg_classify_token_type")
-# For a checkpoint without stored arguments: the released scripts' configuration (finetune.md §2.1-2.2).
+# For a checkpoint without stored arguments: the released scripts' configuration (MAE-DFER `scripts/dfew/`).
 SCRIPT_CONFIG = dict(model="vit_base_dim512_no_depth_patch16_160", depth=16, input_size=160, num_frames=16,
                      attn_type="local_global", lg_region_size=[2, 5, 10], lg_classify_token_type="region")
 # The rest of what rcf.create_model reads, for a model that is only evaluated (dropout off; weights from the file).
@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--video", action="append", default=[], help="an input video; may be repeated")
     add("--video_dir", default=None, help="every video file in this folder")
     add("--out", default="saved/inference", help="outputs go to OUT/<video name>/")
-    # Model: from the checkpoint's stored args where present, else from these flags (finetune.md defaults).
+    # Model: from the checkpoint's stored args where present, else from these flags (the released scripts' defaults).
     add("--model", default=None)
     add("--nb_classes", default=None, type=int)
     add("--data_set", default=None, choices=list(DATASETS), help="names the classes")

@@ -16,7 +16,7 @@ TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_r
             norm_layer=partial(nn.LayerNorm, eps=1e-6), num_classes=5, all_frames=8, tubelet_size=2,
             init_scale=0.001, attn_type="local_global", lg_region_size=(2, 2, 2), lg_classify_token_type="region")
 
-# The scripts' configuration (finetune.md / model.md §1.1), as run_class_finetuning.py passes it to create_model.
+# The scripts' configuration (MAE-DFER `scripts/dfew/`), as run_class_finetuning.py passes it to create_model.
 SCRIPT_KWARGS = dict(pretrained=False, num_classes=7, all_frames=16, tubelet_size=2, drop_rate=0.0, drop_path_rate=0.1,
                      attn_drop_rate=0.0, drop_block_rate=None, use_mean_pooling=True, init_scale=0.001, depth=16,
                      attn_type="local_global", lg_region_size=[2, 5, 10], lg_first_attn_type="self",

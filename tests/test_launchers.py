@@ -84,7 +84,7 @@ def test_k_fold_launcher_runs_the_folds_skips_finished_ones_and_writes_the_table
 
 
 # MAE-DFER-CA's FERV39k variants (its README table, UAR / WAR) as the launcher's one-variable changes, with the
-# trainable parameter counts of their logs (finetune.md §2.4); FUSION=none is plain MAE-DFER.
+# trainable parameter counts of their logs (MAE-DFER-CA `saved/` logs); FUSION=none is plain MAE-DFER.
 CA_VARIANTS = {
     "add": ({}, "add", [2, 5, 10], 114_324_610, "_fusion_add"),
     "add, regions 4x5x10": ({"LG_REGION_SIZE": "4 5 10"}, "add", [4, 5, 10], 114_322_562,
