@@ -151,11 +151,11 @@ def test_a_stop_signal_sets_the_flag_and_the_handlers_are_put_back():
     before = signal.getsignal(signal.SIGUSR1)
     with preemption.stop_on_signals():
         assert not preemption.requested()
-        os.kill(os.getpid(), signal.SIGUSR1)
-        assert preemption.requested() and engine.StepAgreement().before_forward(True, None)
         agreement = engine.StepAgreement()
-        agreement.before_forward(True, None)
-        assert agreement.stop
+        assert agreement.before_forward(True, None) and not agreement.stop
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert preemption.requested()
+        assert agreement.before_forward(True, None) and agreement.stop
     assert signal.getsignal(signal.SIGUSR1) is before and not preemption.requested()
 
 
