@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -465,7 +465,7 @@ def part_nccl_one_rank(part: Part) -> None:
     clips, videos = demo_data(part)
     backend = "gloo" if part.cpu else "nccl"
     part.result["group"] = f"1 rank, {backend}" + (" (NCCL's device rules checked by the guard)" if part.cpu else "")
-    wrapper = str(ROOT / "tests" / "fault_injection.py")
+    wrapper = str(ROOT / "tests" / "support" / "fault_injection.py")
     runs = (("finetuning", "run_class_finetuning.py", finetune_flags), ("pretraining", "run_mae_pretraining.py",
                                                                        pretrain_flags))
     for i, (name, script, flags) in enumerate(runs):

@@ -1,9 +1,9 @@
 """Preemption: a stop signal mid-epoch makes every process finish its step, checkpoint the same step and exit with
 preemption.PREEMPTED; the same command then resumes and ends with the uninterrupted run's weights and pred.csv.
 
-The runs go through tests/fault_injection.py (per-rank optimizer steps and parameters recorded; --step_seconds slows
-each training step so that the signal lands mid-epoch) and are killed after PREEMPTION_TEST_TIMEOUT seconds
-(default 300): a hang fails the test.
+The runs go through tests/support/fault_injection.py (per-rank optimizer steps and parameters recorded;
+--step_seconds slows each training step so that the signal lands mid-epoch) and are killed after
+PREEMPTION_TEST_TIMEOUT seconds (default 300): a hang fails the test.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_injection import ROOT, _kill_tree, die_with_parent, free_port
+from support.fault_injection import ROOT, _kill_tree, die_with_parent, free_port
 
 import checkpoint as ckpt
 import engine
@@ -27,7 +27,7 @@ import preemption
 from demo_data import make_demo_dataset, make_demo_videos
 
 TIMEOUT = float(os.environ.get("PREEMPTION_TEST_TIMEOUT", 300))
-HARNESS = str(Path(__file__).resolve().parent / "fault_injection.py")
+HARNESS = str(Path(__file__).resolve().parent / "support" / "fault_injection.py")
 
 
 @pytest.fixture(scope="module")

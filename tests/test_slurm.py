@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_injection import ROOT, free_port
+from support.fault_injection import ROOT, free_port
 
 import checkpoint as ckpt
 import preemption

@@ -1,4 +1,4 @@
-"""Parity of the project's fine-tune model with the independent reference (tests/spec_reference.py).
+"""Parity of the project's fine-tune model with the independent reference (tests/support/spec_reference.py).
 
 Both models get the same randomly perturbed state_dict (strict loading both ways) and the same input;
 eval mode, float32, CPU. Tolerance: the project routes float32 matmuls through oneDNN on processors that
@@ -16,8 +16,8 @@ from functools import partial
 import pytest
 import timm
 import torch
-from conftest import SPEC_KEYS
-from spec_reference import build_reference, build_reference_base, region_index
+from support.configs import SPEC_KEYS
+from support.spec_reference import build_reference, build_reference_base, region_index
 from torch import nn
 
 import modeling_finetune
