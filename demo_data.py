@@ -396,6 +396,58 @@ def make_face_video(path: str | os.PathLike, *, seconds: float = 6.0, fps: float
     return boxes
 
 
+def background_photo(name: str = "china.jpg") -> np.ndarray:
+    """A real scene without a face, (427, 640, 3) uint8 RGB: one of the photographs scikit-learn ships."""
+    from sklearn.datasets import load_sample_image
+
+    return load_sample_image(name)
+
+
+def face_scene(photo: np.ndarray, background: np.ndarray, centre: tuple[float, float], face_height: float,
+               angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """The portrait's head (an oval around the face, feathered) scaled so that its face core is face_height px tall,
+    turned by `angle` degrees (counter-clockwise) and pasted at `centre` on `background`. Returns the frame and the
+    turned face core's bounding box (x0, y0, x1, y1), which may reach beyond the frame."""
+    core = np.array(PHOTO_FACE_CORE)
+    core_centre = (core[:2] + core[2:]) / 2
+    scale = face_height / (core[3] - core[1])
+    warp = cv2.getRotationMatrix2D(tuple(core_centre), angle, scale)
+    warp[:, 2] += np.asarray(centre) - core_centre
+    height, width = background.shape[:2]
+    mask = np.zeros(photo.shape[:2], np.float32)
+    axes = (int(0.8 * (core[2] - core[0])), int(1.15 * (core[3] - core[1])))
+    cv2.ellipse(mask, (int(core_centre[0]), int(core_centre[1] - 0.1 * (core[3] - core[1]))), axes, 0, 0, 360, 1, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 8)
+    face = cv2.warpAffine(photo, warp, (width, height), flags=cv2.INTER_AREA)
+    alpha = cv2.warpAffine(mask, warp, (width, height), flags=cv2.INTER_LINEAR)[..., None]
+    frame = (alpha * face + (1 - alpha) * background).astype(np.uint8)
+    corners = np.array([[core[0], core[1], 1], [core[2], core[1], 1], [core[0], core[3], 1], [core[2], core[3], 1]])
+    turned = corners @ warp.T
+    return frame, np.r_[turned.min(axis=0), turned.max(axis=0)]
+
+
+def make_scene_video(path: str | os.PathLike, poses: np.ndarray, *, background: np.ndarray | None = None,
+                     size: tuple[int, int] = (640, 360), fps: float = 25.0) -> np.ndarray:
+    """Write a video of the portrait's head on a real background, one frame per row of poses (centre x, centre y,
+    face core height, angle in degrees; all in pixels of the frame, NaN height: no face). Returns the face core's
+    box per frame (NaN rows where there is no face)."""
+    width, height = size
+    scene = cv2.resize(background_photo() if background is None else background, size, interpolation=cv2.INTER_AREA)
+    photo = face_photo()
+    codec = "FLV1" if str(path).endswith(".flv") else "mp4v"  # Flash video, as CREMA-D is distributed, or MPEG-4
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV cannot write a video here")
+    boxes = np.full((len(poses), 4), np.nan)
+    for i, (x, y, face_height, angle) in enumerate(poses):
+        frame = scene
+        if not np.isnan(face_height):
+            frame, boxes[i] = face_scene(photo, scene, (x, y), face_height, angle)
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return boxes
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("Generate the synthetic dynamic-expression demo dataset")
     p.add_argument("--out", default="saved/data/demo", help="dataset root (frames/, train.csv, test.csv)")

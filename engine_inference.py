@@ -84,6 +84,17 @@ def read_frames(reader, frames: np.ndarray, path: str | Path, chunk: int = 32):
         yield from zip(frames[i:i + chunk].tolist(), batch)
 
 
+def eye_angles(reader, frames: np.ndarray, track: np.ndarray, path: str | Path, radius: int) -> np.ndarray:
+    """--align eyes: the roll of the face in each of `frames` from the eyes in its track box (faces.EyeAligner),
+    smoothed over ±radius frames and filled where the eyes or the face were not found."""
+    aligner = faces.EyeAligner()
+    found = np.flatnonzero(~np.isnan(track[:, 0]))
+    angles = np.full(len(frames), np.nan)
+    for (_, frame), i in zip(read_frames(reader, frames[found], path), found):
+        angles[i] = aligner(frame, track[i])
+    return faces.smooth_angles(angles, radius)
+
+
 @torch.no_grad()
 def predict_windows(model, rows: np.ndarray, crops: dict[int, np.ndarray], device: torch.device, amp: str,
                     batch_size: int, desc: str) -> np.ndarray:
@@ -117,8 +128,7 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
     examined = np.unique(windows)
     seconds["decode"] += time.perf_counter() - tick
 
-    detector = faces.HaarFaceDetector(max_side=args.detect_size) if args.face == "haar" else \
-        faces.DETECTORS[args.face]()
+    detector = faces.make_detector(args.face, args.detect_size)
     detections = []
     tick = time.perf_counter()
     for _, frame in tqdm(read_frames(reader, examined, path), total=len(examined), desc="faces", leave=False,
@@ -142,12 +152,13 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
 
     # Second pass: frames are decoded again rather than kept, so memory stays at one crop per frame.
     tick = time.perf_counter()
-    crop_boxes = np.array([faces.crop_box(b, args.face_scale)
-                           for b in faces.fill_missing(faces.smooth_boxes(boxes, args.smooth))])
+    crop_boxes = faces.crop_boxes(boxes, args.face_scale or faces.FACE_SCALES[args.face], args.smooth)
+    angles = eye_angles(reader, examined, boxes, path, args.smooth) if args.align == "eyes" else \
+        np.zeros(len(examined))
     crops = {}
     for f, frame in read_frames(reader, np.unique(windows[predicted]), path):
         start = time.perf_counter()
-        crops[f] = faces.crop(frame, crop_boxes[position[f]], cfg.input_size)
+        crops[f] = faces.crop(frame, crop_boxes[position[f]], cfg.input_size, angles[position[f]])
         seconds["crop"] += time.perf_counter() - start
     seconds["decode"] += time.perf_counter() - tick - seconds["crop"]
 
@@ -158,4 +169,4 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
     seconds["predict"] = time.perf_counter() - tick
     return dict(video=str(path), frames=n, fps=fps, width=width, height=height, windows=windows, probs=probs,
                 face_frames=face_frames, predicted=predicted, examined=examined, found=found, boxes=crop_boxes,
-                min_face_frames=min_face, notes=notes, seconds=seconds)
+                angles=angles, min_face_frames=min_face, notes=notes, seconds=seconds)

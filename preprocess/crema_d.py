@@ -4,6 +4,8 @@
 
 Lists every face-frame folder <root>/face_aligned/<Actor>_<Sentence>_<EMO>_<Level> (label from EMO), sorted by
 name; fold k tests actors 1001-1018, 1019-1036, 1037-1054, 1055-1072, 1073-1091 and trains on the others.
+The face-frame folders come from the distributed videos by `python -m preprocess.extract_faces --root
+<root>/VideoFlash --out <root>/face_aligned` (docs/FACES.md).
 """
 
 from __future__ import annotations

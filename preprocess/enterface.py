@@ -5,6 +5,8 @@
 Lists every face-frame folder <root>/face_aligned/subject_<s>/<emotion>/sentence_<j>/<clip> (label from the
 emotion folder, subject from the subject folder: clip names are irregular, e.g. subject_11 holds s12_* clips),
 sorted; fold k tests subjects 1-10 (there is no subject 6), 11-19, 20-28, 29-37, 38-44.
+The face-frame folders come from the distributed videos by `python -m preprocess.extract_faces --root
+"<root>/enterface database" --out <root>/face_aligned` (docs/FACES.md).
 """
 
 from __future__ import annotations

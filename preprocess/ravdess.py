@@ -5,6 +5,8 @@
 Lists the face-frame folders <root>/face_aligned/Actor_<AA>/<MM-VV-EE-II-SS-RR-AA> of the video-only speech clips
 (modality 02, vocal channel 01: the originals' 1,440), label = emotion code EE - 1, sorted; fold k tests actors
 4k-3 .. 4k.
+The face-frame folders come from the distributed videos by `python -m preprocess.extract_faces --root <root>
+--out <root>/face_aligned --glob 'Actor_*/02-01-*'` (docs/FACES.md).
 """
 
 from __future__ import annotations

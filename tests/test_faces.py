@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import decord
 import numpy as np
 import pytest
 
 import faces
-from demo_data import make_face_video
+from demo_data import background_photo, face_photo, face_scene, make_face_video
 
 
 def contains(outer: np.ndarray, inner: np.ndarray) -> bool:
@@ -35,6 +36,66 @@ def test_haar_finds_the_face_in_every_frame_and_the_crop_contains_it(portrait_vi
     assert all(contains(c, t) for c, t in zip(crops, core))
     image = faces.crop(frames[0], crops[0], 64)
     assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+
+
+def tilting_scene(n: int = 24, size: tuple[int, int] = (320, 180)):
+    """Frames of the portrait's head on a real background, moving, growing from 35 to 65 px (eyes to mouth) and
+    turning from -40° to 40°, with the face core's box in each."""
+    photo, scene = face_photo(), cv2.resize(background_photo(), size, interpolation=cv2.INTER_AREA)
+    t = np.arange(n) / (n - 1)
+    for x, y, height, angle in zip(80 + 184 * t, 90 + 20 * np.sin(6 * t), 35 + 30 * t, -40 + 80 * t):
+        yield face_scene(photo, scene, (x, y), height, angle)
+
+
+def test_dnn_finds_a_tilting_moving_small_face_in_every_frame():
+    detector = faces.DnnFaceDetector()
+    for frame, truth in tilting_scene():
+        boxes = detector(frame)
+        assert len(boxes) == 1 and faces.iou(boxes[0], truth) > 0.5, (boxes, truth)
+
+
+def test_dnn_finds_no_face_in_real_photographs_without_one():
+    detector = faces.DnnFaceDetector()
+    for name in ("china.jpg", "flower.jpg"):
+        photo = background_photo(name)
+        for frame in (photo, photo[:, ::-1], photo[::-1]):
+            assert detector(np.ascontiguousarray(frame)).shape == (0, 4)
+
+
+def test_a_missing_weights_package_is_named(monkeypatch):
+    monkeypatch.setattr(faces, "RES10_PACKAGE", "no_such_detector_package")
+    with pytest.raises(OSError, match="needs the 'no_such_detector_package' package, which ships its weights"):
+        faces.DnnFaceDetector()
+    assert set(faces.DETECTORS) == {"dnn", "haar", "none"}
+
+
+def test_eye_alignment_measures_the_roll_and_the_turned_crop_is_upright():
+    photo, scene = face_photo(), cv2.resize(background_photo(), (640, 360), interpolation=cv2.INTER_AREA)
+    detector, aligner = faces.DnnFaceDetector(), faces.EyeAligner()
+    for angle in (-30, -15, 15, 30):
+        frame, _ = face_scene(photo, scene, (320, 180), 90, angle)
+        (box,) = detector(frame)
+        roll = aligner(frame, box)
+        assert abs(roll + angle) < 8, (angle, roll)  # the scene turns counter-clockwise: a roll of -angle
+        upright = faces.crop(frame, faces.crop_box(box, 1.0), 200, roll)
+        assert abs(aligner(upright, np.array([0.0, 0.0, 200.0, 200.0]))) < 8
+
+
+def test_a_turned_crop_turns_counter_clockwise():
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[5:15, 20:35] = 255  # a bar in the upper right quarter
+    turned = faces.crop(image, np.array([0.0, 0.0, 40.0, 40.0]), 40, 90.0)
+    assert np.abs(turned.astype(int) - np.rot90(image)).mean() < 5  # np.rot90 turns counter-clockwise
+    assert np.abs(turned.astype(int) - np.rot90(image, -1)).mean() > 20
+    assert faces.crop(image, np.array([0.0, 0.0, 40.0, 40.0]), 40, 0.0).tolist() == image.tolist()
+
+
+def test_smooth_angles_averages_fills_and_defaults_to_upright():
+    angles = np.array([10.0, np.nan, 20.0, np.nan, np.nan, np.nan, 30.0])
+    smooth = faces.smooth_angles(angles, 1)
+    assert smooth[0] == 10 and smooth[1] == 15 and smooth[2] == 20 and smooth[6] == 30
+    assert 20 < smooth[4] < 30 and not np.isnan(smooth).any()
+    assert faces.smooth_angles(np.full(4, np.nan), 2).tolist() == [0.0] * 4
 
 
 def test_no_face_in_a_plain_frame():
