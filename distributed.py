@@ -11,6 +11,8 @@ from datetime import timedelta
 
 import torch
 
+import slurm
+
 
 @dataclass(frozen=True)
 class Process:
@@ -35,8 +37,9 @@ def init_distributed(device: str, timeout_minutes: float = 30.0, local_rank: int
     """Join torchrun's process group when launched by it (NCCL on CUDA, gloo on the CPU); else one process.
 
     `--device cuda` means this rank's GPU: LOCAL_RANK (torchrun sets it), else `local_rank` (torch.distributed.launch's
-    --local-rank); `cuda:N` is taken as given.
+    --local-rank); `cuda:N` is taken as given. In an srun task, Slurm's variables stand in for torchrun's (slurm.py).
     """
+    slurm.use_slurm_environment()
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     target = torch.device(device)
     if target.type == "cuda":

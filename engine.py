@@ -18,6 +18,7 @@ from timm.utils import AverageMeter
 from torch import nn
 from tqdm import tqdm
 
+import preemption
 import utils
 from metrics import classification_metrics
 
@@ -113,25 +114,28 @@ def skip_scaled_step(scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
 class StepAgreement:
     """What the processes of a run must agree on at every micro-batch, so that all take the same path.
 
-    `before_forward`: does every process have clips, and did any meet more unreadable ones than allowed (then all
-    raise, listing everyone's)? `after_forward`: is every loss finite? One small all-reduce / all-gather each; a
-    one-process run makes none.
+    `before_forward`: does every process have clips, did any meet more unreadable ones than allowed (then all
+    raise, listing everyone's), and did any receive a stop signal (then `stop`: preemption.py)? `after_forward`: is
+    every loss finite? One small all-reduce / all-gather each; a one-process run makes none.
     """
 
     def __init__(self):
         self.device = utils.collective_device()
         self.distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        self.stop = False  # some process received a stop signal (as of the last before_forward)
 
     def before_forward(self, has_data: bool, bad_samples) -> bool:
         """True when every process has clips for this micro-batch (else all skip it)."""
         exceeded = bad_samples is not None and bad_samples.exceeded
         if not self.distributed:
+            self.stop = preemption.requested()
             if exceeded:
                 bad_samples.check()
             return has_data
-        flags = torch.tensor([int(not has_data), int(exceeded)], device=self.device)
+        flags = torch.tensor([int(not has_data), int(exceeded), int(preemption.requested())], device=self.device)
         torch.distributed.all_reduce(flags)
-        missing, exceeded_anywhere = flags.tolist()
+        missing, exceeded_anywhere, stop = flags.tolist()
+        self.stop = stop > 0
         if exceeded_anywhere:
             seen = {k: v for rank_seen in utils.all_gather_objects(bad_samples.seen) for k, v in rank_seen.items()}
             bad_samples.check(seen)
@@ -180,7 +184,8 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     dataset with skip_bad end with their unreadable entries, handed to `bad_samples`. Under fp16 loss scaling a
     step with a non-finite loss or gradient is skipped and counted (skipped_steps), as GradScaler does; otherwise
     a non-finite loss raises NonFiniteLossError. Gradients are all-reduced once per optimizer step (DDP's
-    `no_sync` on the other micro-batches). Returns the epoch averages over every process.
+    `no_sync` on the other micro-batches). Returns the epoch averages over every process. When a process received
+    a stop signal, every process raises preemption.StopRequested at the same step boundary.
     """
     model.train()
     meters = meters or new_meters()
@@ -210,7 +215,10 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
         if mixup_fn is not None and len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one
             samples, targets = samples[:-1], targets[:-1]
             params = None if params is None else {k: v[:-1] for k, v in params.items()}
-        if agreement.before_forward(len(samples) > 0, bad_samples):
+        ready = agreement.before_forward(len(samples) > 0, bad_samples)
+        if agreement.stop and micro_step % update_freq == 0:  # every process stops before this step
+            raise preemption.StopRequested(step, meters)
+        if ready:
             trained = True
             samples = samples.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)

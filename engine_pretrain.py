@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 import engine
+import preemption
 import utils
 from engine import NonFiniteLossError
 from modeling_pretrain import gather_tokens, split_tokens
@@ -113,7 +114,8 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     (a dataset with skip_bad) go to `bad_samples`; the step trains on the others (all processes skip a step in
     which one of them has none). A non-finite loss on any process raises NonFiniteLossError on all of them,
     naming the step and the loss; under fp16 the grad scaler skips steps whose gradients overflow (counted in
-    `skipped_steps`), as the original's scaler does.
+    `skipped_steps`), as the original's scaler does. When a process received a stop signal, every process raises
+    preemption.StopRequested at the same step boundary.
     """
     model.train()
     meters = meters or engine.new_meters()
@@ -124,7 +126,10 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     for step, batch in enumerate(progress, resume_step):
         global_step = global_step_offset + step
         videos, mask = engine.unpack_batch(batch, 2, bad_samples)
-        if not agreement.before_forward(len(videos) > 0, bad_samples):  # a process's videos were all unreadable
+        ready = agreement.before_forward(len(videos) > 0, bad_samples)
+        if agreement.stop:  # every process stops before this step
+            raise preemption.StopRequested(step, meters)
+        if not ready:  # a process's videos were all unreadable
             meters["skipped_steps"].update(1)
             if on_step is not None:
                 on_step(step + 1, meters)

@@ -25,6 +25,7 @@ import cli
 import datasets
 import distributed
 import engine
+import preemption
 import schedules
 import training
 from augment_device import DeviceAugment
@@ -287,7 +288,7 @@ def train_epochs(args: argparse.Namespace, run: training.Run, fit: Fit, data: Tr
         # This rank's clips of the epoch already seen (steps x accumulation x batch) are skipped.
         data.loader.sampler.set_epoch(epoch, start=resume_step * args.update_freq * args.batch_size)
         data.dataset.set_epoch(epoch)
-        with training.naming_last_checkpoint(run.output_dir):
+        with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(fit.saver, epoch):
             train_stats = engine.train_one_epoch(
                 fit.train_model, data.loader, fit.optimizer, device, epoch=epoch, criterion=fit.criterion,
                 precision=precision, schedule=fit.schedule, global_step_offset=epoch * steps, resume_step=resume_step,
@@ -354,5 +355,5 @@ def main(args: argparse.Namespace) -> nn.Module:
 
 
 if __name__ == "__main__":
-    with training.process_group_closed():
+    with training.process_group_closed(), preemption.stop_on_signals():
         main(cli.parse_args(get_args_parser(), DEMO_DEFAULTS))

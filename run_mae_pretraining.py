@@ -23,6 +23,7 @@ import datasets
 import engine
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
+import preemption
 import rng
 import schedules
 import training
@@ -233,7 +234,7 @@ def train_epoch(args: argparse.Namespace, run: training.Run, fit: Fit, loader: d
     resume_step = state.start_step if epoch == state.start_epoch else 0
     loader.sampler.set_epoch(epoch, start=resume_step * args.batch_size)  # this rank's clips already seen
     loader.dataset.set_epoch(epoch)
-    with training.naming_last_checkpoint(run.output_dir):
+    with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(fit.saver, epoch):
         stats = engine_pretrain.train_one_epoch(
             fit.train_model, loader, fit.optimizer, run.device, epoch=epoch, objective=objective, precision=precision,
             schedule=fit.schedule, global_step_offset=epoch * steps, resume_step=resume_step,
@@ -245,5 +246,5 @@ def train_epoch(args: argparse.Namespace, run: training.Run, fit: Fit, loader: d
 
 
 if __name__ == "__main__":
-    with training.process_group_closed():
+    with training.process_group_closed(), preemption.stop_on_signals():
         main(cli.parse_args(get_args_parser(), DEMO_DEFAULTS))

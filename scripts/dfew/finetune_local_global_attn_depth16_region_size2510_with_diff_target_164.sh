@@ -3,8 +3,10 @@
 # default; or SPLITS="1") picks the folds; a finished fold is skipped, an unfinished one resumes; then the fold table
 # (scripts/folds.sh). One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3. Several machines: NNODES, NODE_RANK, MASTER_ADDR
 # (docs/MULTI_GPU.md). Other flags are passed through.
+# On Slurm: RECIPE=dfew sbatch [Slurm options] scripts/slurm/finetune.sbatch (docs/SLURM.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/launch.sh
 source scripts/folds.sh
 MODEL_DIR=videomae_pretrain_base_dim512_local_global_attn_depth16_region_size2510_patch16_160_frame_16x4_tube_mask_ratio_0.9_e100_with_diff_target_server170
 FINETUNE=${FINETUNE-./saved/model/pretraining/voxceleb2/${MODEL_DIR}/checkpoint-49.pth}  # FINETUNE= : from scratch
@@ -17,9 +19,7 @@ fold_dir() {
 run_fold() {
     local split=$1 dir=$2
     shift 2
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node="${NPROC_PER_NODE:-3}" --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
-        --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-15356}" \
-        run_class_finetuning.py \
+    OMP_NUM_THREADS=1 launch 3 15356 run_class_finetuning.py \
         --model vit_base_dim512_no_depth_patch16_160 --depth 16 \
         --data_set DFEW --nb_classes 7 --data_path "./saved/data/dfew/org/split0${split}" ${DATA_ROOT:+--data_root "$DATA_ROOT"} \
         ${FINETUNE:+--finetune "$FINETUNE"} --log_dir "$dir" --output_dir "$dir" \

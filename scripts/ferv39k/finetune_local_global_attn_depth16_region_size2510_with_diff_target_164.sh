@@ -4,8 +4,10 @@
 # LG_REGION_SIZE="4 5 10" (its "add(4*5)"), FUSION=pos (its "add(pos)"), FUSION=cat. FUSION=none: plain MAE-DFER.
 # Each variant has its own output folder. One GPU: NPROC_PER_NODE=1 UPDATE_FREQ=3 keeps the global batch.
 # Several machines: NNODES, NODE_RANK, MASTER_ADDR (docs/MULTI_GPU.md). Extra flags are passed through ("$@").
+# On Slurm: RECIPE=ferv39k sbatch [Slurm options] scripts/slurm/finetune.sbatch (docs/SLURM.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/launch.sh
 FUSION=${FUSION:-add}
 LG_REGION_SIZE=${LG_REGION_SIZE:-2 5 10}
 VARIANT=""
@@ -16,9 +18,7 @@ FINETUNE=${FINETUNE-./saved/model/pretraining/voxceleb2/${MODEL_DIR}/checkpoint-
 OUTPUT_ROOT=${OUTPUT_ROOT:-./saved/model/finetuning}
 OUTPUT_DIR=${OUTPUT_DIR:-${OUTPUT_ROOT}/ferv39k/voxceleb2_${MODEL_DIR}/checkpoint-49/eval_lr_1e-3_epoch_100_size160_sr1_classify_token_type_region_server164${VARIANT}}
 mkdir -p "$OUTPUT_DIR"
-OMP_NUM_THREADS=1 torchrun --nproc_per_node="${NPROC_PER_NODE:-3}" --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
-    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-12356}" \
-    run_class_finetuning.py \
+OMP_NUM_THREADS=1 launch 3 12356 run_class_finetuning.py \
     --model vit_base_dim512_no_depth_patch16_160 --depth 16 \
     --data_set FERV39k --nb_classes 7 --data_path ./saved/data/ferv39k/all_scenes ${DATA_ROOT:+--data_root "$DATA_ROOT"} \
     ${FINETUNE:+--finetune "$FINETUNE"} --log_dir "$OUTPUT_DIR" --output_dir "$OUTPUT_DIR" \

@@ -10,6 +10,8 @@ in each rank), after patching only library entry points, so that it survives ref
   hook; on rank --nan_on_rank its --nan_at_step-th forward in training mode (0-based, counted over the whole run;
   = the optimizer step with --update_freq 1) returns NaN (tuples: their first element), so loss and gradients are
   NaN as after a real overflow;
+- --step_seconds S: every training-mode forward of that model first sleeps S seconds (a slow step, so that a signal
+  sent by a test lands mid-epoch);
 - collectives: `torch.distributed.<collective>` is wrapped by tests/support/collective_guard.py, which records each call
   (and checks its devices against --pretend_backend, e.g. nccl while the group really is gloo);
 - optimizer steps: counted with torch.optim's global step hook (a step GradScaler skips is not counted);
@@ -51,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("script", help="the entry script, e.g. run_class_finetuning.py (relative to the repository)")
     p.add_argument("--nan_on_rank", type=int, default=-1, help="rank whose training forward returns NaN (-1: none)")
     p.add_argument("--nan_at_step", type=int, default=0, help="which training-mode forward of that rank (0-based)")
+    p.add_argument("--step_seconds", type=float, default=0.0, help="sleep this long in every training forward")
     p.add_argument("--report_dir", default="", help="write rank<R>.json and params-rank<R>.pt here")
     p.add_argument("--pretend_backend", default="any",
                    help="check every collective as if the group's backend were this (nccl, cpu:gloo,cuda:nccl)")
@@ -94,7 +97,7 @@ def _poison(output):
     raise TypeError(f"cannot inject a NaN into a forward output of type {type(output).__name__}")
 
 
-def patch_create_model(facts: Facts, nan_on_rank: int, nan_at_step: int) -> None:
+def patch_create_model(facts: Facts, nan_on_rank: int, nan_at_step: int, step_seconds: float = 0.0) -> None:
     """Record every model built through timm.create_model; the first one gets the NaN hook on the chosen rank."""
     import timm
     import timm.models
@@ -118,6 +121,8 @@ def patch_create_model(facts: Facts, nan_on_rank: int, nan_at_step: int) -> None
         model = original(*args, **kwargs)
         if not facts.models and nan_on_rank >= 0:
             model.register_forward_hook(torch.compiler.disable(hook))
+        if not facts.models and step_seconds > 0:
+            model.register_forward_pre_hook(lambda module, _: time.sleep(step_seconds) if module.training else None)
         facts.models.append(model)
         return model
 
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
 
     facts = Facts(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), script.name, flags)
-    patch_create_model(facts, opts.nan_on_rank, opts.nan_at_step)
+    patch_create_model(facts, opts.nan_on_rank, opts.nan_at_step, opts.step_seconds)
     patch_optimizer_steps(facts, opts.count_syncs)
     if opts.count_grad_allreduce:
         patch_ddp(facts)
