@@ -278,6 +278,8 @@ def main(args: argparse.Namespace) -> nn.Module:
         logging.warning("%s holds a finished run (%s): training skipped, the final test runs again",
                         run.output_dir, state.checkpoint)
 
+    recipe = engine.StepRecipe(precision, schedule, update_freq=args.update_freq, max_norm=args.clip_grad,
+                               model_ema=model_ema, mixup_fn=mixup_fn, augment=augment, log_every=args.log_every)
     start = time.time()
     for epoch in range(state.start_epoch, args.epochs):
         resume_step = state.start_step if epoch == state.start_epoch else 0
@@ -286,11 +288,10 @@ def main(args: argparse.Namespace) -> nn.Module:
         dataset_train.set_epoch(epoch)
         with training.naming_last_checkpoint(run.output_dir):
             train_stats = engine.train_one_epoch(
-                train_model, loader_train, optimizer, device, epoch=epoch, criterion=criterion, precision=precision,
-                schedule=schedule, global_step_offset=epoch * steps, resume_step=resume_step,
-                meters=state.meters if resume_step else None, update_freq=args.update_freq,
-                max_norm=args.clip_grad, model_ema=model_ema, mixup_fn=mixup_fn, log_writer=log_writer,
-                on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples, augment=augment)
+                train_model, loader_train, optimizer, device, epoch=epoch, criterion=criterion, recipe=recipe,
+                global_step_offset=epoch * steps, resume_step=resume_step,
+                meters=state.meters if resume_step else None, log_writer=log_writer,
+                on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
         if loader_val is not None:
             dataset_val.set_epoch(epoch)

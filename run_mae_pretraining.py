@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import datasets
+import engine
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
 import training
@@ -164,6 +165,7 @@ def main(args: argparse.Namespace) -> None:
     recon_samples = fixed_samples(dataset, args.save_recon) if args.save_recon and run.is_main else None
     logging.info("global batch %d, peak lr %.3g, %d steps per epoch, %d epochs", global_batch, schedule.peak_lr,
                  steps, args.epochs)
+    recipe = engine.StepRecipe(precision, schedule, max_norm=args.clip_grad, log_every=args.log_every)
     start = time.time()
     for epoch in range(state.start_epoch, args.epochs):
         resume_step = state.start_step if epoch == state.start_epoch else 0
@@ -171,11 +173,10 @@ def main(args: argparse.Namespace) -> None:
         dataset.set_epoch(epoch)
         with training.naming_last_checkpoint(run.output_dir):
             stats = engine_pretrain.train_one_epoch(
-                train_model, loader, optimizer, device, epoch=epoch, objective=objective, precision=precision,
-                schedule=schedule, global_step_offset=epoch * steps, resume_step=resume_step,
+                train_model, loader, optimizer, device, epoch=epoch, objective=objective, recipe=recipe,
+                global_step_offset=epoch * steps, resume_step=resume_step,
                 meters=state.meters if resume_step else None, num_samples=args.num_samples,
-                max_norm=args.clip_grad, log_writer=log_writer, on_step=saver.mid_epoch(epoch, steps),
-                bad_samples=state.bad_samples)
+                log_writer=log_writer, on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
         saver.end_of_epoch(epoch)
         training.write_log(run, {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch,
                                  "n_parameters": n_parameters})

@@ -250,6 +250,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--start_epoch", default=0, type=int)
     add("--save_every_steps", default=0, type=int,
         help="also write checkpoint-last.pth every N optimizer steps, to resume mid-epoch (ours; 0: at epoch ends)")
+    add("--log_every", default=10, type=int,
+        help="read the loss, gradient norm and loss scale from the device every N optimizer steps (ours; the meters "
+             "and TensorBoard still get every step's values)")
     add("--keep_last_ckpts", default=0, type=int, help="keep only the newest N checkpoint-<epoch>.pth (ours; 0: all)")
     add("--num_workers", default=10, type=int)
     add("--pin_mem", action="store_true")
