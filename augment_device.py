@@ -128,7 +128,10 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     """PIL's ImageOps.equalize of every plane of x (R, H, W) uint8 (one batched histogram)."""
     rows = x.shape[0]
     offsets = torch.arange(rows, device=x.device, dtype=torch.int64).mul_(256)[:, None]
-    hist = torch.bincount((x.flatten(1).long() + offsets).view(-1), minlength=rows * 256).view(rows, 256)
+    # scatter_add, not bincount: on CUDA bincount reads its input's maximum on the host (a sync)
+    index = (x.flatten(1).long() + offsets).view(-1)
+    hist = torch.zeros(rows * 256, dtype=torch.int64, device=x.device).scatter_add_(
+        0, index, torch.ones_like(index)).view(rows, 256)
     occupied = hist > 0
     last = 255 - occupied.flip(1).int().argmax(dim=1, keepdim=True)
     step = (hist.sum(1, keepdim=True) - hist.gather(1, last)) // 255
