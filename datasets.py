@@ -322,7 +322,8 @@ class ClipDataset(torch.utils.data.Dataset):
     step is 0, so every crop is the whole frame (finetune.md §2.13, quirk 4) and is computed once.
     A clip is float32 (3, T, H, W), ImageNet-normalised. With augment_on "device", a training item is
     `(frames, params, label)` (views: `[frames]` once, lists of the rest): the uint8 (T, short_side_size,
-    short_side_size, 3) frames and the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to apply to the batch.
+    short_side_size, 3) frames and the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to
+    apply to the batch.
 
     With `seed`, a train / validation item's random draws depend only on (seed, epoch, index) (`set_epoch`), not on
     the worker or on earlier items: a resumed run sees the same clips. With `skip_bad`, an unreadable entry gives a
