@@ -57,30 +57,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import torch
+import torch.nn.functional as F
+from common import FT_FULL, FT_TINY, PEAK_TFLOPS, PT_FULL, PT_TINY, ROOT, sync
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-# Dense bf16/fp16 tensor-core peaks (TFLOP/s, datasheet), matched in this order against the device name.
-PEAK_TFLOPS = [("H200", 989), ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("A100", 312), ("L40S", 362),
-               ("L40", 181), ("L4", 121), ("A10G", 70), ("A10", 125), ("RTX 4090", 165), ("V100", 125)]
-FT_FULL = dict(model="vit_base_dim512_no_depth_patch16_160", img=160, frames=16, batch=32, classes=7,
-               kwargs=dict(depth=16, attn_type="local_global", lg_region_size=[2, 5, 10],
-                           lg_classify_token_type="region", use_mean_pooling=True, init_scale=0.001,
-                           drop_path_rate=0.1, all_frames=16, tubelet_size=2))
-FT_TINY = dict(model="vit_tiny_dim128_no_depth_patch16_64", img=32, frames=16, batch=2, classes=5,
-               kwargs=dict(depth=1, attn_type="local_global", lg_region_size=[2, 1, 2], img_size=32,
-                           lg_classify_token_type="region", use_mean_pooling=True, init_scale=0.001,
-                           drop_path_rate=0.1, all_frames=16, tubelet_size=2))
-PT_FULL = dict(model="pretrain_videomae_base_dim512_no_depth_patch16_160", img=160, frames=16, batch=32,
-               mask_ratio=0.9, window=(5, 10),
-               kwargs=dict(encoder_depth=16, decoder_depth=4, attn_type="local_global", lg_region_size=[2, 5, 10]))
-PT_TINY = dict(model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", img=32, frames=16, batch=2,
-               mask_ratio=0.5, window=(1, 2),
-               kwargs=dict(encoder_depth=1, decoder_depth=1, attn_type="local_global", lg_region_size=[2, 1, 2],
-                           img_size=32))
 # Seconds per part on one GPU: 300 in all, so that the check, the machine's start and a rerun fit in 15 minutes.
 BUDGETS = dict(env=10, finetune_steps=95, data_path=30, eval_compile=45, pretrain_step=25, nccl_one_rank=30,
                two_process_demos=40, checkpoint_cpu_gpu=25)
@@ -140,11 +120,6 @@ def recording_error(row: dict):
         raise
     except Exception as err:  # PartTimeout is not one: the part stops
         row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_tflops() -> tuple[str, float] | tuple[None, None]:
