@@ -623,8 +623,8 @@ def write_report(report: dict, out: Path) -> None:
 def main(args: argparse.Namespace) -> dict:
     cpu = args.cpu or not torch.cuda.is_available()
     tiny = args.tiny or cpu
-    args.budget = args.budget or (1100 if cpu else sum(BUDGETS.values()))
-    args.budget_scale = args.budget_scale or (2 if cpu else 1)
+    args.budget = args.budget or (1150 if cpu else sum(BUDGETS.values()))
+    args.budget_scale = args.budget_scale or (4 if cpu else 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # data, checkpoints, logs: never in `out`
@@ -671,9 +671,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "/tmp/gpu_check); the parts work in a temporary folder under /tmp")
     p.add_argument("--cpu", action="store_true", help="run every part on the CPU at tiny size (auto without CUDA)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data on the GPU too (a quick rehearsal)")
-    p.add_argument("--budget", type=float, default=None, help="seconds for all parts together (300; --cpu: 1100)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for all parts together (300; --cpu: 1150)")
     p.add_argument("--budget_scale", type=float, default=None,
-                   help="multiply every part's budget (1; --cpu: 2, for a small shared CPU)")
+                   help="multiply every part's budget (1; --cpu: 4, for a small shared CPU)")
     p.add_argument("--parts", default="", help=f"comma-separated subset of {', '.join(PARTS)}")
     return p
 

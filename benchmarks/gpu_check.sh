@@ -28,7 +28,7 @@ mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 LIMIT=${GPU_CHECK_TIMEOUT:-330}
 if [[ " $* " == *" --cpu "* ]]; then
-    LIMIT=${GPU_CHECK_TIMEOUT:-1200}  # a small shared CPU: the parts' CPU budgets
+    LIMIT=${GPU_CHECK_TIMEOUT:-1250}  # a small shared CPU: the parts' CPU budgets
 else  # the GPU correctness tests (skipped without CUDA)
     timeout -k 5 "${GPU_TESTS_TIMEOUT:-90}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
         > "$OUT_DIR/gpu_tests.txt" 2>&1
