@@ -3,7 +3,7 @@
 The branch looks at one "motion image" per clip, the mean of the frames minus the first frame, and runs it
 through a small ResNet whose blocks end with a spatial attention map; each stage multiplies its map with the
 (max-pooled) map of the stage before, so attention accumulates from fine to coarse. Module and parameter
-names are the CA fork's (model.md §2–3), so its checkpoints load unchanged.
+names are the CA fork's (CA fork `CA_block.py`, `modeling_finetune.py`), so its checkpoints load unchanged.
 """
 
 from __future__ import annotations

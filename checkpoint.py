@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import is_main_process
+from distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Two depths share one code path. The fast check (`check_lists`, run at the start 
 parses every line, checks labels, duplicates, train/test overlap, fold partitions and that every path exists, and
 given a data_set opens a few clips per list for the layout warnings (LAYOUTS: not the data the released
 checkpoints were trained on): it takes seconds. The full check (`check_annotations(..., deep=True)`, `python -m
-preprocess.check`) also opens every entry with the loader's own reader (`datasets.FrameSource`), counts frames, checks
+preprocess.check`) also opens every entry with the loader's own reader (`video_io.FrameSource`), counts frames, checks
 their order and, with `decode`, decodes every image or video frame.
 """
 
@@ -14,8 +14,9 @@ import os
 import re
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import pairwise
 from multiprocessing import Pool
 from pathlib import Path
@@ -25,7 +26,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import DATASETS, Annotation, FrameSource, parse_line, train_indices
+from annotations import DATASETS, Annotation, parse_line
+from datasets import train_indices
+from video_io import FrameSource
 
 ERROR, WARNING = "error", "warning"
 # Folders of cross-validation folds, as the originals name them (splitNN) and as DFEW/MAFW's official lists do.
@@ -234,13 +237,13 @@ def _inspect_star(args: tuple) -> ClipInfo:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The data the released checkpoints were trained on (data.md §1-3). Lists of other variants still train and
+# The data the released checkpoints were trained on (docs/DATASETS.md). Lists of other variants still train and
 # test, but do not give the papers' numbers: the authors' answer to most "I cannot reproduce" reports. Warnings.
 
 @dataclass(frozen=True)
 class Layout:
     trained_on: str  # what the released checkpoints were trained on
-    frame_size: tuple[int, int] | None = None  # (width, height) of every distributed frame, where data.md has it
+    frame_size: tuple[int, int] | None = None  # (width, height) of every distributed frame, where it is known
 
 
 LAYOUTS = {
@@ -443,19 +446,28 @@ def check_annotations(csv_paths: Iterable[str | os.PathLike], nb_classes: int | 
                 files[csv].frames.append(info.frames)
             files[csv].sizes.update(info.sizes)
     if data_set in LAYOUTS:
-        opened: dict[str, ClipInfo] = {}
-        for csv, rows in lists.items():
-            distinct = list({_key(row.entry): row.entry for row in rows}.items())
-            sampled = not deep and len(distinct) > FAST_SAMPLE
-            if sampled:  # the start of training: a few clips, evenly spread over the list
-                distinct = [distinct[i * len(distinct) // FAST_SAMPLE] for i in range(FAST_SAMPLE)]
-            examined = []
-            for key, entry in distinct:
-                if not deep and key not in opened:
-                    opened[key] = inspect_clip(entry, frame_ext, num_frames, sampling_rate, decode=False)
-                examined.append((entry, clips[key] if deep else opened[key]))
-            _check_layout(csv, examined, data_set, sampled, problems)
+        inspect = partial(inspect_clip, frame_ext=frame_ext, num_frames=num_frames, sampling_rate=sampling_rate,
+                          decode=False)
+        _check_layouts(lists, None if deep else inspect, clips, data_set, problems)
     return Report(class_names, files, problems)
+
+
+def _check_layouts(lists: dict[str, list[_Line]], inspect: Callable[[Annotation], ClipInfo] | None,
+                   clips: dict[str, ClipInfo], data_set: str, problems: list[Problem]) -> None:
+    """The layout warnings of each list: from the clips inspected already, or (`inspect` given: the fast check) from a
+    few clips per list opened now."""
+    opened: dict[str, ClipInfo] = {}
+    for csv, rows in lists.items():
+        distinct = list({_key(row.entry): row.entry for row in rows}.items())
+        sampled = inspect is not None and len(distinct) > FAST_SAMPLE
+        if sampled:  # the start of training: a few clips, evenly spread over the list
+            distinct = [distinct[i * len(distinct) // FAST_SAMPLE] for i in range(FAST_SAMPLE)]
+        examined = []
+        for key, entry in distinct:
+            if inspect is not None and key not in opened:
+                opened[key] = inspect(entry)
+            examined.append((entry, clips[key] if inspect is None else opened[key]))
+        _check_layout(csv, examined, data_set, sampled, problems)
 
 
 def check_lists(csv_paths: Iterable[str | os.PathLike], nb_classes: int | None, data_root: str | None = None,

@@ -1,121 +1,49 @@
-"""Fine-tuning data: the dataset table, annotation CSVs and the clip dataset (the original's VideoClsDatasetFrame).
+"""Fine-tuning data: temporal sampling, the clip dataset (the original's VideoClsDatasetFrame), collate and loader.
 
 An entry is a folder of frames (sorted `*.jpg`, `*.png` for MAFW), one image (repeated) or a video file (ours).
 Validation and test clips are computed exactly as the original does (PIL decode and bilinear resize), so merged
 test probabilities match it. Training draws the same augmentations with one set of decisions per clip, on uint8
 frame stacks, decoding and augmenting each distinct frame once: over twice the original's clips/s
-(benchmarks/bench_data.py). With augment_on "device" a training item is the uint8 clip and its drawn parameters,
+(benchmarks/bench_data.py). The dataset table and the CSVs are read in annotations.py, frames in video_io.py.
+With augment_on "device" a training item is the uint8 clip and its drawn parameters,
 for augment_device.DeviceAugment to apply to the batch on the model's device.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import default_collate
 from torchvision.transforms import RandomResizedCrop
 
+from annotations import DATASETS, Annotation, DatasetInfo, parse_line, read_annotations  # noqa: F401
 from augment_device import ClipDraw, DeviceAugment, draw_erase, erase_, erase_drawer, pack_draw
-from utils import ResumableSampler, get_rank, get_world_size, seeded_rngs
+from distributed import get_rank, get_world_size
+from rng import seeded_rngs
 from video_augment import VideoRandAugment
+from video_io import VIDEO_EXTENSIONS, FrameSource, resize_frames  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-# OpenCV's thread pool does not survive fork: a DataLoader worker forked while it is live can hang in its first
-# OpenCV call. Frames are small and the loader is parallel across workers anyway.
-cv2.setNumThreads(0)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    classes: tuple[str, ...]  # class names in label order
-    frame_ext: str  # extension of the frame files inside a clip folder
-    val_file: str  # what the validation loader reads: test.csv except for DFEW (whose val.csv is a copy of it)
-
-
-_SEVEN = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
-# The label orders of data.md §1.2, §2.2, §3.2 and §5; the only place they live.
-DATASETS: dict[str, DatasetInfo] = {
-    "FERV39k": DatasetInfo(_SEVEN, "jpg", "test.csv"),
-    "DFEW": DatasetInfo(_SEVEN, "jpg", "val.csv"),
-    "MAFW": DatasetInfo(("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt",
-                         "anxiety", "helplessness", "disappointment"), "png", "test.csv"),
-    "RAVDESS": DatasetInfo(("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"), "jpg",
-                           "test.csv"),
-    "CREMA-D": DatasetInfo(("ANG", "DIS", "FEA", "HAP", "NEU", "SAD"), "jpg", "test.csv"),
-    "ENTERFACE": DatasetInfo(("anger", "disgust", "fear", "happiness", "sadness", "surprise"), "jpg", "test.csv"),
-    # The built-in synthetic demo (demo_data.py draws what each class looks like).
-    "DEMO": DatasetInfo(("smile forming", "smile fading", "brows raising", "mouth opening", "neutral"), "jpg",
-                        "test.csv"),
-}
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 MODES = ("train", "validation", "test")
 AUGMENT_ON = ("workers", "device")
 
 
-class Annotation(NamedTuple):
-    clip_id: str  # the CSV path exactly as written: the id carried to every output
-    path: str  # what is read: clip_id resolved against data_root
-    label: int
-    source: str  # "<csv>:<line>", for error messages
-
-
-def parse_line(line: str, nb_classes: int | None) -> tuple[str, int]:
-    """(path, label) of one annotation line; ValueError says what is wrong. nb_classes None: any integer label."""
-    parts = line.split(" ")
-    if len(parts) != 2 or not parts[0]:
-        raise ValueError(f"expected '<path> <label>' separated by one space, got {line!r}")
-    clip_id, label_text = parts
-    try:
-        label = int(label_text)
-    except ValueError:
-        raise ValueError(f"label {label_text!r} is not an integer") from None
-    if nb_classes is not None and not 0 <= label < nb_classes:
-        raise ValueError(f"label {label} is outside 0..{nb_classes - 1}")
-    return clip_id, label
-
-
-def read_annotations(csv_path: str | os.PathLike, nb_classes: int | None,
-                     data_root: str | None = None) -> list[Annotation]:
-    """Parse `<path> <label>` lines (one space, no header); relative paths are resolved against data_root.
-
-    Raises ValueError naming `file:line` for a malformed line, a non-integer label or one outside 0..nb_classes-1
-    (any integer when nb_classes is None: the pretraining lists' dummy labels).
-    """
-    with open(csv_path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if not line:  # blank lines are skipped, as pandas does
-            continue
-        where = f"{csv_path}:{number}"
-        try:
-            clip_id, label = parse_line(line, nb_classes)
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-        path = os.path.join(data_root, clip_id) if data_root is not None else clip_id
-        entries.append(Annotation(clip_id, path, label, where))
-    if not entries:
-        raise ValueError(f"{csv_path}: no clips")
-    return entries
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Temporal sampling (finetune.md §2.9.3). Pure functions of the frame count; the random one draws from numpy's
-# global RNG as the original does, so seeding numpy (seed_worker) reproduces it.
+# Temporal sampling (docs/ARCHITECTURE.md, "Data flow"). Pure functions of the frame count; the random one
+# draws from numpy's global RNG as the original does, so seeding numpy (seed_worker) reproduces it.
 
 def train_indices(n: int, clip_len: int = 16, rate: int = 4) -> np.ndarray:
     """Frame indices of a training (and validation) clip: a random window of clip_len*rate frames, 16 points evenly
@@ -159,94 +87,6 @@ def original_test_order(num_clips: int, views_per_clip: int, world_size: int) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reading entries
-
-class FrameSource:
-    """The frames of one entry: a folder's sorted frame files, one image (a 1-frame clip) or a video file."""
-
-    def __init__(self, entry: Annotation, ext: str):
-        self.video, self.source = None, entry.source
-        if os.path.isdir(entry.path):
-            # Lexicographic order, as the original's sorted glob (which skips hidden files): 10.jpg before 2.jpg.
-            names = sorted(n for n in os.listdir(entry.path) if n.endswith("." + ext) and not n.startswith("."))
-            if not names:
-                raise ValueError(f"{entry.source}: {entry.path}: no *.{ext} frames in the folder")
-            self.files = [os.path.join(entry.path, n) for n in names]
-        elif os.path.isfile(entry.path):
-            self.files = [entry.path]
-            if entry.path.lower().endswith(VIDEO_EXTENSIONS):
-                import decord  # only video entries need it
-
-                try:
-                    self.video = decord.VideoReader(entry.path, num_threads=1)
-                except Exception as err:
-                    raise OSError(f"{entry.source}: {entry.path}: cannot read the video: {err}") from err
-        else:
-            raise FileNotFoundError(f"{entry.source}: {entry.path}: no such file or folder")
-        self.count = len(self.video) if self.video is not None else len(self.files)
-        if self.count == 0:
-            raise ValueError(f"{entry.source}: {entry.path}: the video has no frames")
-
-    def video_frames(self, indices: np.ndarray) -> np.ndarray:
-        """(len(indices), H, W, 3) uint8 RGB frames of the video."""
-        try:
-            return self.video.get_batch(indices.tolist()).asnumpy()
-        except Exception as err:
-            raise OSError(f"{self.source}: {self.files[0]}: cannot decode frames {indices.tolist()}: {err}") from err
-
-    def pil(self, indices: np.ndarray, size: int) -> np.ndarray:
-        """(len(indices), size, size, 3) uint8: PIL decode, RGB, PIL bilinear resize to a square (the original)."""
-        unique, inverse = np.unique(indices, return_inverse=True)
-        if self.video is not None:
-            images = [Image.fromarray(f) for f in self.video_frames(unique)]
-        else:
-            images = []
-            for i in unique:
-                try:
-                    with Image.open(self.files[i]) as im:
-                        images.append(im.convert("RGB"))
-                except Exception as err:
-                    raise OSError(f"{self.source}: {self.files[i]}: cannot read the image: {err}") from err
-        return np.stack([np.asarray(im.resize((size, size), Image.BILINEAR)) for im in images])[inverse]
-
-    def resized(self, indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """For training: the distinct frames of `indices` as (U, size, size, 3) uint8, and the position of each index
-        among them. OpenCV decodes (libjpeg-turbo, as PIL); torch's antialiased bilinear resize is PIL's filter to
-        within 2 levels, batched."""
-        unique, inverse = np.unique(indices, return_inverse=True)
-        if self.video is not None:
-            return resize_frames(torch.from_numpy(self.video_frames(unique)), size).numpy(), inverse
-        decoded = [torch.from_numpy(f) for f in self.rgb(unique)]
-        if len({d.shape for d in decoded}) == 1:
-            frames = resize_frames(torch.stack(decoded), size)
-        else:
-            frames = torch.cat([resize_frames(d[None], size) for d in decoded])
-        return frames.numpy(), inverse
-
-    def rgb(self, indices: np.ndarray) -> list[np.ndarray]:
-        """The frames at `indices` as (H, W, 3) uint8 RGB arrays at their stored size (OpenCV / decord decode)."""
-        if self.video is not None:
-            return list(self.video_frames(indices))
-        decoded = []
-        for i in indices:
-            # EXIF orientation ignored, as PIL does.
-            image = cv2.imread(self.files[i], cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if image is None:
-                raise OSError(f"{self.source}: {self.files[i]}: cannot read the image")
-            decoded.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-        return decoded
-
-
-def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, size, size, 3) uint8 by torch's antialiased bilinear (its fast channels-last path)."""
-    if frames.shape[1:3] == (size, size):
-        return frames
-    resized = F.interpolate(frames.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized.permute(0, 2, 3, 1).contiguous()  # a no-op: the output is channels-last
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The dataset
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)
@@ -281,6 +121,18 @@ def collate_skipping_bad(batch: list) -> tuple:
     return (*(collate_views(good) if isinstance(good[0][0], list) else default_collate(good)), bad)
 
 
+def load_item(entry: Annotation, seed: tuple[int, ...] | None, skip_bad: bool, load: Callable[[], Any]):
+    """load(), its draws seeded from `seed` (seeded_rngs) when given; with skip_bad, an entry that cannot be read
+    gives a BadSample instead of raising."""
+    try:
+        with nullcontext() if seed is None else seeded_rngs(seed):
+            return load()
+    except (OSError, ValueError) as err:
+        if not skip_bad:
+            raise
+        return BadSample(entry.source, entry.path, str(err))
+
+
 class TooManyBadSamplesError(RuntimeError):
     """More distinct unreadable entries than --max_bad_samples."""
 
@@ -312,14 +164,41 @@ class BadSampleLog:
                                          f"{self.limit}:\n  " + "\n  ".join(seen.values()))
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames a clip takes and at what size (the original's flags of the same names)."""
+
+    frame_ext: str = "jpg"  # of the frame files in a clip folder (DatasetInfo.frame_ext)
+    num_frames: int = 16
+    sampling_rate: int = 4
+    input_size: int = 224
+    short_side_size: int = 224
+    test_num_segment: int = 5
+    test_num_crop: int = 3
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation (the original's flags of the same names) and where it runs (--augment_on)."""
+
+    aa: str | None = "rand-m7-n4-mstd0.5-inc1"
+    train_interpolation: str = "bicubic"
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    num_sample: int = 1
+    augment_on: str = "workers"
+
+
 class ClipDataset(torch.utils.data.Dataset):
-    """Clips of one annotation file, for training, validation or the multi-view test (finetune.md §2.9).
+    """Clips of one annotation file, for training, validation or the multi-view test (docs/ARCHITECTURE.md).
 
     Items: train `(clip, label)`, or `([clip] * num_sample, [label] * num_sample)` with num_sample > 1 (independent
     augmentations of the same frames; `collate` flattens them); validation `(clip, label, clip_id)`; test
     `(clip, label, clip_id, chunk_nb, num_crops)` with item = chunk * N + clip. A test item stands for all
     `num_crops` (= test_num_crop) spatial views of its temporal view: after the square resize the original's crop
-    step is 0, so every crop is the whole frame (finetune.md §2.13, quirk 4) and is computed once.
+    step is 0, so every crop is the whole frame (docs/ARCHITECTURE.md, "Quirks of the original code") and is
+    computed once.
     A clip is float32 (3, T, H, W), ImageNet-normalised. With augment_on "device", a training item is
     `(frames, params, label)` (views: `[frames]` once, lists of the rest): the uint8 (T, short_side_size,
     short_side_size, 3) frames and the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to
@@ -330,27 +209,22 @@ class ClipDataset(torch.utils.data.Dataset):
     BadSample (`collate` sets it apart) instead of raising.
     """
 
-    def __init__(self, annotations: list[Annotation], mode: str, *, frame_ext: str = "jpg", num_frames: int = 16,
-                 sampling_rate: int = 4, input_size: int = 224, short_side_size: int = 224,
-                 test_num_segment: int = 5, test_num_crop: int = 3, aa: str | None = "rand-m7-n4-mstd0.5-inc1",
-                 train_interpolation: str = "bicubic", reprob: float = 0.25, remode: str = "pixel",
-                 recount: int = 1, num_sample: int = 1, seed: int | None = None, skip_bad: bool = False,
-                 augment_on: str = "workers"):
+    def __init__(self, annotations: list[Annotation], mode: str, sampling: Sampling = Sampling(),
+                 augmentation: Augmentation = Augmentation(), *, seed: int | None = None, skip_bad: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
-        if augment_on not in AUGMENT_ON:
-            raise ValueError(f"augment_on {augment_on!r}: expected one of {AUGMENT_ON}")
-        self.augment_on = augment_on
-        self.annotations, self.mode, self.frame_ext = annotations, mode, frame_ext
-        self.num_frames, self.sampling_rate = num_frames, sampling_rate
-        self.input_size, self.short_side_size = input_size, short_side_size
-        self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
-        self.num_sample = num_sample
-        self.augment = VideoRandAugment(aa, input_size, train_interpolation) if aa and aa != "none" else None
+        if augmentation.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on {augmentation.augment_on!r}: expected one of {AUGMENT_ON}")
+        self.annotations, self.mode, self.sampling = annotations, mode, sampling
+        self.augment_on, self.num_sample = augmentation.augment_on, augmentation.num_sample
+        aa = augmentation.aa
+        self.augment = (VideoRandAugment(aa, sampling.input_size, augmentation.train_interpolation)
+                        if aa and aa != "none" else None)
         # Drawn for the (C*T, H, W) view of a clip: one rectangle for all frames, noise drawn per frame and channel.
-        self.erase = erase_drawer(reprob, remode, recount) if reprob > 0 else None
-        self.erase_mode, self.max_erase = remode.lower(), recount
-        self.collate = collate_views if mode == "train" and num_sample > 1 else None
+        self.erase = (erase_drawer(augmentation.reprob, augmentation.remode, augmentation.recount)
+                      if augmentation.reprob > 0 else None)
+        self.erase_mode, self.max_erase = augmentation.remode.lower(), augmentation.recount
+        self.collate = collate_views if mode == "train" and self.num_sample > 1 else None
         self.seed, self.epoch, self.skip_bad = seed, 0, skip_bad and mode != "test"
         if self.skip_bad:
             self.collate = collate_skipping_bad
@@ -361,33 +235,28 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         n = len(self.annotations)
-        return n * self.test_num_segment if self.mode == "test" else n
+        return n * self.sampling.test_num_segment if self.mode == "test" else n
 
     def __getitem__(self, index: int):
         if self.mode == "test":
             chunk, clip = divmod(index, len(self.annotations))
             entry = self.annotations[clip]
-            return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, self.test_num_crop
+            return self._test_clip(entry, chunk), entry.label, entry.clip_id, chunk, self.sampling.test_num_crop
         entry = self.annotations[index]
         seed = None if self.seed is None else (self.seed, self.epoch, index)
-        try:
-            with nullcontext() if seed is None else seeded_rngs(seed):
-                return self._train_item(entry)
-        except (OSError, ValueError) as err:
-            if not self.skip_bad:
-                raise
-            return BadSample(entry.source, entry.path, str(err))
+        return load_item(entry, seed, self.skip_bad, lambda: self._train_item(entry))
 
     def _train_item(self, entry: Annotation):
         """A training or validation item (the same temporal sampler, as in the original)."""
-        source = FrameSource(entry, self.frame_ext)
-        indices = train_indices(source.count, self.num_frames, self.sampling_rate)
+        source = FrameSource(entry, self.sampling.frame_ext)
+        indices = train_indices(source.count, self.sampling.num_frames, self.sampling.sampling_rate)
         if self.mode == "validation":
-            frames = source.pil(indices, self.short_side_size)
-            top = round((self.short_side_size - self.input_size) / 2)  # centre crop, a no-op when equal
-            frames = frames[:, top:top + self.input_size, top:top + self.input_size]
+            short, size = self.sampling.short_side_size, self.sampling.input_size
+            frames = source.pil(indices, short)
+            top = round((short - size) / 2)  # centre crop, a no-op when equal
+            frames = frames[:, top:top + size, top:top + size]
             return normalize(frames), entry.label, entry.clip_id
-        frames, inverse = source.resized(indices, self.short_side_size)
+        frames, inverse = source.resized(indices, self.sampling.short_side_size)
         if self.augment_on == "device":
             layers = self.augment.num_layers if self.augment is not None else 0
             views = [pack_draw(self._draw(*frames.shape[1:3]), layers, self.max_erase) for _ in range(self.num_sample)]
@@ -400,29 +269,31 @@ class ClipDataset(torch.utils.data.Dataset):
         return [self._augment(frames, inverse) for _ in range(self.num_sample)], [entry.label] * self.num_sample
 
     def _test_clip(self, entry: Annotation, chunk: int) -> torch.Tensor:
-        source = FrameSource(entry, self.frame_ext)
-        loaded = loaded_test_indices(source.count, self.num_frames, self.sampling_rate)
-        start = view_start(len(loaded), chunk, self.test_num_segment, self.num_frames)
+        s = self.sampling
+        source = FrameSource(entry, s.frame_ext)
+        loaded = loaded_test_indices(source.count, s.num_frames, s.sampling_rate)
+        start = view_start(len(loaded), chunk, s.test_num_segment, s.num_frames)
         # Only this view's frames are decoded: a frame's pixels do not depend on the other frames.
-        return normalize(source.pil(loaded[start:start + self.num_frames], self.short_side_size))
+        return normalize(source.pil(loaded[start:start + s.num_frames], s.short_side_size))
 
     def _draw(self, height: int, width: int) -> ClipDraw:
-        """Every random decision of a clip's augmentation, in the worker path's order (§2.9.4-2.9.5)."""
+        """Every random decision of a clip's augmentation, in the worker path's order (MAE-DFER `_aug_frame`)."""
         ops = self.augment.draw() if self.augment is not None else []
         crop = RandomResizedCrop.get_params(torch.empty(1, height, width), scale=(0.08, 1.0), ratio=(0.75, 1.3333))
         flip = bool(torch.rand(()) < 0.5)
         boxes, noise_seed = [], 0
         if self.erase is not None:
-            boxes = draw_erase(self.erase, 3 * self.num_frames, self.input_size, self.input_size)
+            size = self.sampling.input_size
+            boxes = draw_erase(self.erase, 3 * self.sampling.num_frames, size, size)
             noise_seed = int(torch.randint(2**62, ()))
         return ClipDraw(ops, tuple(crop), flip, boxes, noise_seed)
 
     def device_augment(self) -> DeviceAugment:
         """What applies this dataset's training augmentation to a batch of its augment_on "device" items."""
-        return DeviceAugment(self.augment, self.input_size, self.erase_mode)
+        return DeviceAugment(self.augment, self.sampling.input_size, self.erase_mode)
 
     def _augment(self, frames: np.ndarray, inverse: np.ndarray) -> torch.Tensor:
-        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip (§2.9.4-2.9.5).
+        """RandAugment, random resized crop, flip, normalise, erase: one draw for the whole clip.
 
         `frames` are the clip's distinct frames and `inverse` picks the clip from them: with every decision shared,
         a repeated frame comes out of RandAugment as its copies would, so it is augmented once.
@@ -433,7 +304,7 @@ class ClipDataset(torch.utils.data.Dataset):
         frames = frames[inverse]
         num = frames.shape[0]
         top, left, h, w = draw.crop
-        size = self.input_size
+        size = self.sampling.input_size
         crops = frames[:, top:top + h, left:left + w].astype(np.float32)
         out = np.empty((num, size, size, 3), np.float32)
         for crop, resized in zip(crops, out):
@@ -465,13 +336,14 @@ def build_dataset(is_train: bool, test_mode: bool, args: argparse.Namespace
     csv_name = {"train": "train.csv", "validation": info.val_file, "test": "test.csv"}[mode]
     annotations = read_annotations(os.path.join(args.data_path, csv_name), args.nb_classes,
                                    getattr(args, "data_root", None))
-    dataset = ClipDataset(
-        annotations, mode, frame_ext=info.frame_ext, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
-        input_size=args.input_size, short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
-        test_num_crop=args.test_num_crop, aa=args.aa, train_interpolation=args.train_interpolation,
-        reprob=args.reprob, remode=args.remode, recount=args.recount, num_sample=args.num_sample,
-        seed=getattr(args, "seed", None), skip_bad=getattr(args, "max_bad_samples", None) is not None,
-        augment_on=resolve_augment_on(args))
+    sampling = Sampling(frame_ext=info.frame_ext, num_frames=args.num_frames, sampling_rate=args.sampling_rate,
+                        input_size=args.input_size, short_side_size=args.short_side_size,
+                        test_num_segment=args.test_num_segment, test_num_crop=args.test_num_crop)
+    augmentation = Augmentation(aa=args.aa, train_interpolation=args.train_interpolation, reprob=args.reprob,
+                                remode=args.remode, recount=args.recount, num_sample=args.num_sample,
+                                augment_on=resolve_augment_on(args))
+    dataset = ClipDataset(annotations, mode, sampling, augmentation, seed=getattr(args, "seed", None),
+                          skip_bad=getattr(args, "max_bad_samples", None) is not None)
     return dataset, args.nb_classes
 
 
@@ -529,6 +401,26 @@ class Loader(torch.utils.data.DataLoader):
                     f"16g, or a larger /dev/shm), or use fewer --num_workers or a smaller --batch_size.\n({err})"
                 ) from err
             yield batch
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """A DistributedSampler whose epoch can start part-way: `set_epoch(epoch, start=k)` skips this rank's first k
+    indices of that epoch's order (which depends on seed and epoch only), so a resumed epoch sees what is left."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
 
 
 def build_loader(dataset, args: argparse.Namespace, batch_size: int, *, device: torch.device, train: bool = False,

@@ -1,4 +1,4 @@
-"""Pretraining data: unlabelled face videos (VoxCeleb2, or the demo's) as clips + masks (pretraining.md §1.6).
+"""Pretraining data: unlabelled face videos (VoxCeleb2, or the demo's) as clips + masks (docs/PRETRAIN.md).
 
 Each item is a clip of num_samples x num_frames frames, sampled at `sampling_rate` from a random offset, the
 VoxCeleb2 face crop when the list is VoxCeleb2's, one multi-scale corner crop for the whole clip, ImageNet
@@ -10,22 +10,14 @@ from __future__ import annotations
 
 import argparse
 import random
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from datasets import (
-    Annotation,
-    BadSample,
-    FrameSource,
-    collate_skipping_bad,
-    normalize,
-    read_annotations,
-    resize_frames,
-)
+from annotations import Annotation, read_annotations
+from datasets import BadSample, collate_skipping_bad, load_item, normalize
 from masking_generator import build_masking_generator
-from utils import seeded_rngs
+from video_io import FrameSource, resize_frames
 
 MULTI_SCALES = (1, 0.875, 0.75, 0.66)
 
@@ -108,14 +100,7 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | BadSample:
         seed = None if self.seed is None else (self.seed, self.epoch, index)
-        try:
-            with nullcontext() if seed is None else seeded_rngs(seed):
-                return self._item(index)
-        except (OSError, ValueError) as err:
-            if not self.skip_bad:
-                raise
-            entry = self.annotations[index]
-            return BadSample(entry.source, entry.path, str(err))
+        return load_item(self.annotations[index], seed, self.skip_bad, lambda: self._item(index))
 
     def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.annotations[index]

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datasets import DATASETS
+from annotations import DATASETS
 
 DEMO_CLASSES = DATASETS["DEMO"].classes
 

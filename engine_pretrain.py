@@ -1,4 +1,4 @@
-"""Pretraining: reconstruction targets, loss and the training epoch (the original's engine_for_pretraining.py).
+"""Pretraining: reconstruction targets, loss and the training epoch (docs/ARCHITECTURE.md, "Pretraining").
 
 For each token the target is its tubelet's pixels, normalised per patch and channel; with the frame-difference
 target, every frame but the first of each group is replaced by its difference to that first frame (taken after

@@ -6,7 +6,7 @@ global context between regions; finally every local token reads that context bac
 the region tokens. With `fusion` set, the CA motion branch of MAE-DFER-CA (`ca_module.py`) runs beside the
 encoder and its feature is fused before the head.
 
-Parameter names, shapes and numerics follow the original checkpoints (model.md).
+Parameter names, shapes and numerics follow the original checkpoints (MAE-DFER and MAE-DFER-CA `modeling_finetune.py`).
 """
 
 from __future__ import annotations
@@ -481,8 +481,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
 
 
 def infer_fusion(state_dict: dict[str, torch.Tensor]) -> str:
-    """The --fusion a fine-tuned state dict was trained with, read off its keys and shapes (model.md §3): the CA
-    fork's checkpoints do not record it, as its model always has the CA branch."""
+    """The --fusion a fine-tuned state dict was trained with, read off its keys and shapes (docs/ARCHITECTURE.md,
+    "Fusions"): the CA fork's checkpoints do not record it, as its model always has the CA branch."""
     if "vit_pos.cls_token" in state_dict:
         return "pos"
     if "fc1.weight" not in state_dict:

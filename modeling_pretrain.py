@@ -5,7 +5,7 @@ position in the visible list (the part-window mask leaves the same number visibl
 gets its messenger token, and after the blocks the messenger tokens are dropped. The decoder reconstructs every
 masked token: 1536 values = one per pixel of a tubelet (with the frame-difference target, the normalised first
 frame and the second frame's difference to it).
-Names, shapes and numerics follow the original checkpoint (pretraining.md §1.3).
+Names, shapes and numerics follow the original checkpoint (MAE-DFER `modeling_pretrain.py`).
 """
 
 from __future__ import annotations

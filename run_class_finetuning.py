@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import timm
+import torch
+from tensorboardX import SummaryWriter
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -20,13 +22,15 @@ from torch import nn
 
 import checkpoint
 import datasets
+import distributed
 import engine
-import modeling_finetune  # noqa: F401  (registers the models in timm)
+import schedules
 import training
 import utils
+from augment_device import DeviceAugment
 from datasets import DATASETS, build_dataset
 from metrics import format_summary, write_test_report
-from modeling_finetune import infer_fusion
+from models import create_model, resolve_fusion
 
 # The demo's configuration: defaults that --demo puts in place of the original ones (explicit flags still win).
 # It trains from scratch, so every layer gets the full learning rate (layer_decay 1).
@@ -128,59 +132,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def create_model(args: argparse.Namespace, fusion: str | None = None) -> nn.Module:
-    """The fine-tune model exactly as the original script builds it, plus the fusion (default --fusion) and the input
-    size."""
-    fusion = fusion or args.fusion
-    kwargs = dict(pretrained=False, img_size=args.input_size, num_classes=args.nb_classes,
-                  all_frames=args.num_frames * args.num_segments, tubelet_size=args.tubelet_size,
-                  drop_rate=args.drop, drop_path_rate=args.drop_path,
-                  attn_drop_rate=args.attn_drop_rate, drop_block_rate=None, use_mean_pooling=args.use_mean_pooling,
-                  init_scale=args.init_scale, lg_classify_token_type=args.lg_classify_token_type,
-                  fusion=None if fusion in (None, "none") else fusion, **utils.lg_kwargs(args))
-    if args.depth is not None:  # the no_depth models' depth; it overrides a fixed-depth model's
-        kwargs["depth"] = args.depth
-    return timm.create_model(args.model, **kwargs)
-
-
-def resolve_fusion(args: argparse.Namespace, output_dir: Path) -> str:
-    """--fusion; when not given, that of the weights --resume (or auto-resume) loads, read off them, since the CA
-    fork's checkpoints and command lines do not name it; else none (plain MAE-DFER, the original model).
-
-    A --fusion that contradicts those weights is an error. --finetune weights (pretraining) have no CA branch and
-    say nothing: the flag stands.
-    """
-    if args.resume:
-        candidates = [Path(args.resume)]
-    else:
-        candidates = checkpoint.resume_candidates(output_dir) if args.auto_resume else []
-    path, found = None, None
-    for candidate in candidates:  # auto-resume's rule: the newest that reads (auto_load_model warns about others)
-        try:
-            found = infer_fusion(checkpoint.select_state_dict(checkpoint.load_checkpoint(candidate)))
-        except checkpoint.CheckpointError:
-            if args.resume:
-                raise
-            continue
-        path = candidate
-        break
-    if found is None:
-        return args.fusion or "none"
-    if args.fusion is not None and args.fusion != found:
-        hint = f"give --fusion {found}" + ("" if args.demo else " or leave the flag out")  # --demo sets add
-        raise checkpoint.CheckpointError(f"--fusion {args.fusion} contradicts {path}, whose weights are those of "
-                                         f"--fusion {found}: {hint}")
-    logging.info("--fusion %s: %s the weights of %s", found,
-                 "read off" if args.fusion is None else "as given, agrees with", path)
-    return found
-
-
 def final_test(args: argparse.Namespace, run: training.Run, model: nn.Module, data_loader, precision, *,
                epoch: int | str | None, header: str | None, checkpoint: str | None) -> None:
     """Multi-view test: every view's softmax, merged per clip on rank 0, with all reports written and summarised."""
     records = engine.predict_views(data_loader, model, run.device, precision,
                                    pad_to=eval_batch_size(args, data_loader))
-    gathered = [r for rank_records in utils.all_gather_objects(records) for r in rank_records]
+    gathered = [r for rank_records in distributed.all_gather_objects(records) for r in rank_records]
     if run.is_main:
         clips = data_loader.dataset.annotations
         order = datasets.original_test_order(len(clips), args.test_num_segment * args.test_num_crop,
@@ -224,41 +181,67 @@ def create_criterion(args: argparse.Namespace) -> tuple[Mixup | None, nn.Module]
     return mixup, SoftTargetCrossEntropy()
 
 
-def main(args: argparse.Namespace) -> nn.Module:
-    """Fine-tune (resuming what output_dir holds) and test, or only test with --eval; returns the model."""
-    run = training.prepare_run(args, lists=data_lists(args), nb_classes=args.nb_classes, data_set=args.data_set,
-                               evaluating=args.eval, make_demo_data=lambda: make_demo_data(args))
-    device, precision = run.device, run.precision()
-    dataset_test = build_dataset(is_train=False, test_mode=True, args=args)[0]
-    loader_test = datasets.build_loader(dataset_test, args, args.batch_size, device=device)
+@dataclass
+class TrainingData:
+    """The training set and its loader, the batched device augmentation (augment_on "device"), and the validation
+    set and loader (None with --disable_eval_during_finetuning)."""
+
+    dataset: datasets.ClipDataset
+    loader: datasets.Loader
+    augment: DeviceAugment | None
+    val_dataset: datasets.ClipDataset | None
+    val_loader: datasets.Loader | None
+
+
+@dataclass
+class Fit:
+    """What the epoch loop trains with: the schedule, loss, optimizer, EMA, the resumed state and the checkpointer."""
+
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    mixup_fn: Mixup | None
+    schedule: schedules.Schedule
+    model_ema: ModelEmaV3 | None
+    state: training.ResumeState
+    saver: training.Checkpointer
+    log_writer: SummaryWriter | None
+
+
+def build_model(args: argparse.Namespace, run: training.Run) -> tuple[nn.Module, str]:
+    """The fine-tune model with its fusion, initialised from --finetune when given, on the run's device."""
     fusion = resolve_fusion(args, run.output_dir)
     model = create_model(args, fusion)
     if args.finetune:
         checkpoint.load_pretrained(model, args.finetune, args.model_key, args.model_prefix)
-    model.to(device)
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logging.info("model %s (fusion %s): %d trainable parameters", args.model, fusion, n_parameters)
+    model.to(run.device)
+    logging.info("model %s (fusion %s): %d trainable parameters", args.model, fusion, trainable_parameters(model))
+    return model, fusion
 
-    eval_model = training.evaluation_model(model, compile=args.compile)
-    if args.eval:
-        state = training.resume(args, run, model, evaluating=True)
-        if not state.checkpoint and not args.finetune:
-            logging.warning("--eval without a checkpoint: testing an untrained model")
-        final_test(args, run, eval_model, loader_test, precision, epoch=None, header=None,
-                   checkpoint=state.checkpoint or args.finetune or None)
-        return model
 
-    dataset_train = build_dataset(is_train=True, test_mode=False, args=args)[0]
-    loader_train = datasets.build_loader(dataset_train, args, args.batch_size, train=True, device=device)
-    augment = dataset_train.device_augment() if dataset_train.augment_on == "device" else None
-    dataset_val = loader_val = None
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_training_data(args: argparse.Namespace, device: torch.device) -> TrainingData:
+    """The training loader (shuffled, the last partial batch dropped) and, unless disabled, the validation loader."""
+    dataset = build_dataset(is_train=True, test_mode=False, args=args)[0]
+    loader = datasets.build_loader(dataset, args, args.batch_size, train=True, device=device)
+    augment = dataset.device_augment() if dataset.augment_on == "device" else None
+    val_dataset = val_loader = None
     if not args.disable_eval_during_finetuning:
-        dataset_val = build_dataset(is_train=False, test_mode=False, args=args)[0]
-        loader_val = datasets.build_loader(dataset_val, args, int(1.5 * args.batch_size),
+        val_dataset = build_dataset(is_train=False, test_mode=False, args=args)[0]
+        val_loader = datasets.build_loader(val_dataset, args, int(1.5 * args.batch_size),
                                            sequential=not args.dist_eval, device=device)
+    return TrainingData(dataset, loader, augment, val_dataset, val_loader)
+
+
+def prepare_fit(args: argparse.Namespace, run: training.Run, model: nn.Module, data: TrainingData, fusion: str,
+                precision: engine.Precision) -> Fit:
+    """Schedule, loss, EMA and optimizer for the global batch; the state resumed from output_dir; the checkpointer."""
     global_batch = args.batch_size * args.update_freq * run.process.world_size
-    steps = training.steps_per_epoch(len(dataset_train), global_batch, "the training set")
-    schedule = utils.build_schedule(args, global_batch, steps)
+    steps = training.steps_per_epoch(len(data.dataset), global_batch, "the training set")
+    schedule = schedules.build_schedule(args, global_batch, steps)
     mixup_fn, criterion = create_criterion(args)
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                            device="cpu" if args.model_ema_force_cpu else None) if args.model_ema else None
@@ -277,39 +260,75 @@ def main(args: argparse.Namespace) -> nn.Module:
     if state.start_epoch >= args.epochs:
         logging.warning("%s holds a finished run (%s): training skipped, the final test runs again",
                         run.output_dir, state.checkpoint)
+    return Fit(train_model, optimizer, criterion, mixup_fn, schedule, model_ema, state, saver, log_writer)
 
-    recipe = engine.StepRecipe(precision, schedule, update_freq=args.update_freq, max_norm=args.clip_grad,
-                               model_ema=model_ema, mixup_fn=mixup_fn, augment=augment, log_every=args.log_every)
+
+def train_epochs(args: argparse.Namespace, run: training.Run, fit: Fit, data: TrainingData, eval_model: nn.Module,
+                 precision: engine.Precision, n_parameters: int) -> None:
+    """The epochs from the resumed one on: train, validate (saving checkpoint-best), log, checkpoint."""
+    device, state, steps = run.device, fit.state, fit.schedule.steps_per_epoch
+    recipe = engine.StepRecipe(precision, fit.schedule, update_freq=args.update_freq, max_norm=args.clip_grad,
+                               model_ema=fit.model_ema, mixup_fn=fit.mixup_fn, augment=data.augment,
+                               log_every=args.log_every)
     start = time.time()
     for epoch in range(state.start_epoch, args.epochs):
         resume_step = state.start_step if epoch == state.start_epoch else 0
         # This rank's clips of the epoch already seen (steps x accumulation x batch) are skipped.
-        loader_train.sampler.set_epoch(epoch, start=resume_step * args.update_freq * args.batch_size)
-        dataset_train.set_epoch(epoch)
+        data.loader.sampler.set_epoch(epoch, start=resume_step * args.update_freq * args.batch_size)
+        data.dataset.set_epoch(epoch)
         with training.naming_last_checkpoint(run.output_dir):
             train_stats = engine.train_one_epoch(
-                train_model, loader_train, optimizer, device, epoch=epoch, criterion=criterion, recipe=recipe,
-                global_step_offset=epoch * steps, resume_step=resume_step,
-                meters=state.meters if resume_step else None, log_writer=log_writer,
-                on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
+                fit.train_model, data.loader, fit.optimizer, device, epoch=epoch, criterion=fit.criterion,
+                recipe=recipe, global_step_offset=epoch * steps, resume_step=resume_step,
+                meters=state.meters if resume_step else None, log_writer=fit.log_writer,
+                on_step=fit.saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
-        if loader_val is not None:
-            dataset_val.set_epoch(epoch)
-            val_stats = engine.evaluate(loader_val, eval_model, device, num_classes=args.nb_classes,
-                                        precision=precision, bad_samples=state.bad_samples,
-                                        pad_to=eval_batch_size(args, loader_val))
-            logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
-                         val_stats["uar"], val_stats["war"], val_stats["loss"])
-            if val_stats[args.val_metric] > state.best_metric and args.save_ckpt:
-                state.best_metric = val_stats[args.val_metric]
-                saver.save("best")
-            log_stats.update({f"val_{k}": v for k, v in val_stats.items() if k != "num_clips"})
-            if log_writer is not None:
-                for k in ("acc1", "acc5", "loss", "uar", "war"):
-                    log_writer.add_scalar(f"perf/val_{k}", val_stats[k], epoch)
+        if data.val_loader is not None:
+            log_stats.update(validate(args, fit, data, eval_model, precision, epoch, device))
         training.write_log(run, {**log_stats, "epoch": epoch, "n_parameters": n_parameters})
-        saver.end_of_epoch(epoch)
+        fit.saver.end_of_epoch(epoch)
     logging.info("training time %.0f s", time.time() - start)
+
+
+def validate(args: argparse.Namespace, fit: Fit, data: TrainingData, eval_model: nn.Module,
+             precision: engine.Precision, epoch: int, device: torch.device) -> dict:
+    """One epoch's validation: logged, written to TensorBoard, checkpoint-best saved on a new best --val_metric."""
+    data.val_dataset.set_epoch(epoch)
+    val_stats = engine.evaluate(data.val_loader, eval_model, device, num_classes=args.nb_classes,
+                                precision=precision, bad_samples=fit.state.bad_samples,
+                                pad_to=eval_batch_size(args, data.val_loader))
+    logging.info("epoch %d: val acc1 %.2f  UAR %.4f  WAR %.4f  loss %.4f", epoch, val_stats["acc1"],
+                 val_stats["uar"], val_stats["war"], val_stats["loss"])
+    if val_stats[args.val_metric] > fit.state.best_metric and args.save_ckpt:
+        fit.state.best_metric = val_stats[args.val_metric]
+        fit.saver.save("best")
+    if fit.log_writer is not None:
+        for k in ("acc1", "acc5", "loss", "uar", "war"):
+            fit.log_writer.add_scalar(f"perf/val_{k}", val_stats[k], epoch)
+    return {f"val_{k}": v for k, v in val_stats.items() if k != "num_clips"}
+
+
+def main(args: argparse.Namespace) -> nn.Module:
+    """Fine-tune (resuming what output_dir holds) and test, or only test with --eval; returns the model."""
+    run = training.prepare_run(args, lists=data_lists(args), nb_classes=args.nb_classes, data_set=args.data_set,
+                               evaluating=args.eval, make_demo_data=lambda: make_demo_data(args))
+    precision = run.precision()
+    dataset_test = build_dataset(is_train=False, test_mode=True, args=args)[0]
+    loader_test = datasets.build_loader(dataset_test, args, args.batch_size, device=run.device)
+    model, fusion = build_model(args, run)
+    n_parameters = trainable_parameters(model)
+    eval_model = training.evaluation_model(model, compile=args.compile)
+    if args.eval:
+        state = training.resume(args, run, model, evaluating=True)
+        if not state.checkpoint and not args.finetune:
+            logging.warning("--eval without a checkpoint: testing an untrained model")
+        final_test(args, run, eval_model, loader_test, precision, epoch=None, header=None,
+                   checkpoint=state.checkpoint or args.finetune or None)
+        return model
+
+    data = build_training_data(args, run.device)
+    fit = prepare_fit(args, run, model, data, fusion, precision)
+    train_epochs(args, run, fit, data, eval_model, precision, n_parameters)
 
     # The weights tested: the best checkpoint's, or the last epoch's, trained from --finetune (whether resumed or not).
     epoch, tested = args.epochs - 1, args.finetune or None

@@ -24,22 +24,19 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 import faces
-import run_class_finetuning as rcf
 import timeline
 import utils
 from datasets import DATASETS, VIDEO_EXTENSIONS
 from engine_inference import VideoError, process_video
 from modeling_finetune import LGConfig, infer_fusion
+from models import FULL_SIZE, create_model
 
 logger = logging.getLogger(__name__)
 
 # The model-defining flags: taken from the checkpoint's stored arguments; given on the command line they must agree.
 MODEL_FLAGS = ("model", "nb_classes", "data_set", "fusion", "depth", "input_size", "num_frames", "sampling_rate",
                "tubelet_size", "attn_type", "lg_region_size", "lg_classify_token_type")
-# For a checkpoint without stored arguments: the released scripts' configuration (finetune.md §2.1-2.2).
-SCRIPT_CONFIG = dict(model="vit_base_dim512_no_depth_patch16_160", depth=16, input_size=160, num_frames=16,
-                     attn_type="local_global", lg_region_size=[2, 5, 10], lg_classify_token_type="region")
-# The rest of what rcf.create_model reads, for a model that is only evaluated (dropout off; weights from the file).
+# The rest of what models.create_model reads, for a model that is only evaluated (dropout off; weights from the file).
 EVAL_MODEL_DEFAULTS = dict(data_set=None, nb_classes=None, sampling_rate=None, fusion="none", tubelet_size=2,
                            num_segments=1, drop=0.0, drop_path=0.0, attn_drop_rate=0.0, use_mean_pooling=True,
                            init_scale=0.0, **asdict(LGConfig()))
@@ -53,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--video", action="append", default=[], help="an input video; may be repeated")
     add("--video_dir", default=None, help="every video file in this folder")
     add("--out", default="saved/inference", help="outputs go to OUT/<video name>/")
-    # Model: from the checkpoint's stored args where present, else from these flags (finetune.md defaults).
+    # Model: from the checkpoint's stored args where present, else from these flags (the released scripts' defaults).
     add("--model", default=None)
     add("--nb_classes", default=None, type=int)
     add("--data_set", default=None, choices=list(DATASETS), help="names the classes")
@@ -86,10 +83,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def model_config(args: argparse.Namespace, checkpoint: dict) -> argparse.Namespace:
-    """Fine-tuning arguments for `rcf.create_model`: the checkpoint's stored ones, else the flags and the scripts'
-    configuration; a flag that contradicts the checkpoint is an error."""
+    """Fine-tuning arguments for `models.create_model`: the checkpoint's stored ones, else the flags and the scripts'
+    configuration (FULL_SIZE); a flag that contradicts the checkpoint is an error."""
     stored = checkpoint.get("args") if isinstance(checkpoint.get("args"), argparse.Namespace) else None
-    cfg = argparse.Namespace(**{**EVAL_MODEL_DEFAULTS, **SCRIPT_CONFIG, **vars(stored or argparse.Namespace())})
+    cfg = argparse.Namespace(**{**EVAL_MODEL_DEFAULTS, **FULL_SIZE, **vars(stored or argparse.Namespace())})
     if stored is None or getattr(stored, "fusion", None) is None:
         cfg.fusion = infer_fusion(ckpt.select_state_dict(checkpoint))
     for name in MODEL_FLAGS:
@@ -123,7 +120,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn
     """The model with the checkpoint's weights (strict), its configuration and its identity for summary.json."""
     checkpoint = ckpt.load_checkpoint(args.checkpoint)
     cfg = model_config(args, checkpoint)
-    model = rcf.create_model(cfg)
+    model = create_model(cfg)
     ckpt.load_model_weights(model, args.checkpoint)
     digest = hashlib.sha256()
     with open(args.checkpoint, "rb") as f:
@@ -161,6 +158,8 @@ def prepare_demo(args: argparse.Namespace) -> None:
             make_face_video(DEMO_VIDEO, seconds=8.0, face_height=0.3)
         args.video = [str(DEMO_VIDEO)]
     if args.checkpoint is None:
+        import run_class_finetuning as rcf  # the demo fine-tuning, run once when its checkpoint is missing
+
         demo_dir = Path(rcf.DEMO_DEFAULTS["output_dir"])
         latest = ckpt.latest_checkpoint(demo_dir) if demo_dir.is_dir() else None
         if latest is None:

@@ -10,16 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from tensorboardX import SummaryWriter
 from torch import nn
 
 import datasets
 import engine
 import engine_pretrain
 import modeling_pretrain  # noqa: F401  (registers the models in timm)
+import rng
+import schedules
 import training
 import utils
 from datasets_pretrain import build_pretrain_dataset
@@ -125,59 +129,72 @@ def make_demo_data(args: argparse.Namespace) -> None:
         make_demo_videos(Path(args.data_path).parent)
 
 
-def main(args: argparse.Namespace) -> None:
-    run = training.prepare_run(args, lists=[args.data_path], nb_classes=None,
-                               make_demo_data=lambda: make_demo_data(args))
-    device, precision = run.device, run.precision()
-    model = create_model(args)
-    tubelet_size, patch_size = model.encoder.patch_embed.proj.kernel_size[:2]
-    window_size = model.encoder.grid_size  # the token grid the masks are drawn on
-    dataset = build_pretrain_dataset(args, window_size, skip_bad=True)
+def build_objective(args: argparse.Namespace, model: nn.Module) -> engine_pretrain.Objective:
+    """The reconstruction targets of the model's patches: pixels (normalised per patch or not) or frame differences."""
     if args.target_diff_weight is not None and (not args.use_frame_diff_as_target or args.frame_diff_group_size != 2):
         raise ValueError("--target_diff_weight needs --use_frame_diff_as_target with --frame_diff_group_size 2")
-    objective = engine_pretrain.Objective(
+    tubelet_size, patch_size = model.encoder.patch_embed.proj.kernel_size[:2]
+    return engine_pretrain.Objective(
         patch_size=patch_size, tubelet_size=tubelet_size, normalize_target=args.normlize_target,
         frame_diff_group_size=args.frame_diff_group_size if args.use_frame_diff_as_target else None,
         target_diff_weight=args.target_diff_weight)
-    logging.info("%s; %d videos in %s", dataset.mask_generator, len(dataset), args.data_path)
-    with utils.seeded_rngs(args.seed):  # the masks' fit to the LGI regions, once (the RNGs put back)
-        model.check_mask(torch.stack([torch.as_tensor(dataset.mask_generator()) for _ in range(8)]))
-    loader = datasets.build_loader(dataset, args, args.batch_size, train=True, device=device)
-    model.to(device)
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logging.info("model %s: %d parameters", args.model, n_parameters)
 
+
+@dataclass
+class Fit:
+    """What the epoch loop trains with: the schedule, optimizer, the resumed state and the checkpointer."""
+
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: schedules.Schedule
+    state: training.ResumeState
+    saver: training.Checkpointer
+    log_writer: SummaryWriter | None
+
+
+def prepare_fit(args: argparse.Namespace, run: training.Run, model: nn.Module, num_videos: int,
+                objective: engine_pretrain.Objective, precision: engine.Precision) -> Fit:
+    """Schedule and optimizer for the global batch; the state resumed from output_dir; the checkpointer."""
     global_batch = args.batch_size * run.process.world_size
-    steps = training.steps_per_epoch(len(dataset), global_batch, args.data_path)
-    schedule = utils.build_schedule(args, global_batch, steps)
+    steps = training.steps_per_epoch(num_videos, global_batch, args.data_path)
+    schedule = schedules.build_schedule(args, global_batch, steps)
     optimizer = training.create_optimizer(args, model, schedule.peak_lr)
     state = training.resume(args, run, model, optimizer=optimizer, precision=precision,
                             max_bad_samples=args.max_bad_samples,
                             geometry=dict(batch_size=args.batch_size, processes=run.process.world_size))
     # Stored with the checkpoint's args, as the original does.
-    saved_args = training.checkpoint_args(args, run, global_batch, window_size=window_size,
-                                          patch_size=(patch_size, patch_size))
+    saved_args = training.checkpoint_args(args, run, global_batch, window_size=model.encoder.grid_size,
+                                          patch_size=(objective.patch_size, objective.patch_size))
     saver = training.Checkpointer(run, state, model, optimizer, saved_args, precision, epochs=args.epochs,
                                   save_ckpt_freq=args.save_ckpt_freq, save_every_steps=args.save_every_steps,
                                   keep_last=args.keep_last_ckpts)
     train_model = training.distributed_model(model, run, compile=args.compile)
     log_writer = training.log_writer(args, run)
-    recon_samples = fixed_samples(dataset, args.save_recon) if args.save_recon and run.is_main else None
     logging.info("global batch %d, peak lr %.3g, %d steps per epoch, %d epochs", global_batch, schedule.peak_lr,
                  steps, args.epochs)
-    recipe = engine.StepRecipe(precision, schedule, max_norm=args.clip_grad, log_every=args.log_every)
+    return Fit(train_model, optimizer, schedule, state, saver, log_writer)
+
+
+def main(args: argparse.Namespace) -> None:
+    run = training.prepare_run(args, lists=[args.data_path], nb_classes=None,
+                               make_demo_data=lambda: make_demo_data(args))
+    device, precision = run.device, run.precision()
+    model = create_model(args)
+    window_size = model.encoder.grid_size  # the token grid the masks are drawn on
+    dataset = build_pretrain_dataset(args, window_size, skip_bad=True)
+    objective = build_objective(args, model)
+    logging.info("%s; %d videos in %s", dataset.mask_generator, len(dataset), args.data_path)
+    with rng.seeded_rngs(args.seed):  # the masks' fit to the LGI regions, once (the RNGs put back)
+        model.check_mask(torch.stack([torch.as_tensor(dataset.mask_generator()) for _ in range(8)]))
+    loader = datasets.build_loader(dataset, args, args.batch_size, train=True, device=device)
+    model.to(device)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logging.info("model %s: %d parameters", args.model, n_parameters)
+    fit = prepare_fit(args, run, model, len(dataset), objective, precision)
+    recon_samples = fixed_samples(dataset, args.save_recon) if args.save_recon and run.is_main else None
     start = time.time()
-    for epoch in range(state.start_epoch, args.epochs):
-        resume_step = state.start_step if epoch == state.start_epoch else 0
-        loader.sampler.set_epoch(epoch, start=resume_step * args.batch_size)  # this rank's clips already seen
-        dataset.set_epoch(epoch)
-        with training.naming_last_checkpoint(run.output_dir):
-            stats = engine_pretrain.train_one_epoch(
-                train_model, loader, optimizer, device, epoch=epoch, objective=objective, recipe=recipe,
-                global_step_offset=epoch * steps, resume_step=resume_step,
-                meters=state.meters if resume_step else None, num_samples=args.num_samples,
-                log_writer=log_writer, on_step=saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
-        saver.end_of_epoch(epoch)
+    for epoch in range(fit.state.start_epoch, args.epochs):
+        stats = train_epoch(args, run, fit, loader, objective, precision, epoch)
         training.write_log(run, {**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch,
                                  "n_parameters": n_parameters})
         logging.info("epoch %d: loss %.4f, lr %.3g", epoch, stats["loss"], stats["lr"])
@@ -187,6 +204,24 @@ def main(args: argparse.Namespace) -> None:
             save_reconstruction_grid(images, run.output_dir / "recon" / f"epoch_{epoch:03d}.png",
                                      title=f"{args.model}, epoch {epoch}, loss {stats['loss']:.4f}")
     logging.info("training time %.0f s", time.time() - start)
+
+
+def train_epoch(args: argparse.Namespace, run: training.Run, fit: Fit, loader: datasets.Loader,
+                objective: engine_pretrain.Objective, precision: engine.Precision, epoch: int) -> dict:
+    """One epoch (the rest of it when resumed part-way), then its checkpoint."""
+    state, steps = fit.state, fit.schedule.steps_per_epoch
+    recipe = engine.StepRecipe(precision, fit.schedule, max_norm=args.clip_grad, log_every=args.log_every)
+    resume_step = state.start_step if epoch == state.start_epoch else 0
+    loader.sampler.set_epoch(epoch, start=resume_step * args.batch_size)  # this rank's clips already seen
+    loader.dataset.set_epoch(epoch)
+    with training.naming_last_checkpoint(run.output_dir):
+        stats = engine_pretrain.train_one_epoch(
+            fit.train_model, loader, fit.optimizer, run.device, epoch=epoch, objective=objective, recipe=recipe,
+            global_step_offset=epoch * steps, resume_step=resume_step,
+            meters=state.meters if resume_step else None, num_samples=args.num_samples,
+            log_writer=fit.log_writer, on_step=fit.saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
+    fit.saver.end_of_epoch(epoch)
+    return stats
 
 
 if __name__ == "__main__":

@@ -25,11 +25,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import checkpoint
+import distributed
 import engine
+import schedules
 import utils
 from ca_module import never_used_parameters
 from data_check import DataCheckError, check_lists
 from datasets import BadSampleLog
+from rng import gather_rng_states, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ logger = logging.getLogger(__name__)
 class Run:
     """What a run's set-up decided: this process (rank, world size, device), the precision and the output folder."""
 
-    process: utils.Process
+    process: distributed.Process
     amp: str
     output_dir: Path
 
@@ -62,7 +65,7 @@ def prepare_run(args: argparse.Namespace, *, lists: Sequence[str | Path], nb_cla
     data (rank 0, the others wait); refuse to overwrite a previous run; then the fast check of the data lists (a bad
     list stops the run now, naming file and line)."""
     utils.keep_freed_memory()
-    process = utils.init_distributed(args.device, args.dist_timeout, args.local_rank)
+    process = distributed.init_distributed(args.device, args.dist_timeout, args.local_rank)
     logging.basicConfig(level=logging.INFO if process.rank == 0 else logging.WARNING, format="%(message)s")
     amp = args.amp or utils.default_amp(process.device)
     if process.device.type == "cuda":
@@ -128,7 +131,7 @@ def create_optimizer(args: argparse.Namespace, model: nn.Module, lr: float,
 def checkpoint_args(args: argparse.Namespace, run: Run, global_batch: int, **derived) -> argparse.Namespace:
     """The arguments stored in checkpoints: as parsed, with the values the run derived from them, as the originals
     stored them (scaled learning rates, process geometry, precision, ...). `args` itself is left as parsed."""
-    scaled = {name: utils.scale_lr(getattr(args, name), global_batch) for name in ("lr", "min_lr", "warmup_lr")}
+    scaled = {name: schedules.scale_lr(getattr(args, name), global_batch) for name in ("lr", "min_lr", "warmup_lr")}
     return argparse.Namespace(**{**vars(args), **scaled, "rank": run.process.rank,
                                  "world_size": run.process.world_size, "distributed": run.process.distributed,
                                  "gpu": run.device.index or 0, "device": str(run.device), "amp": run.amp,
@@ -148,10 +151,11 @@ class ResumeState:
 
     def extra(self, meters: dict[str, AverageMeter] | None = None) -> dict:
         """What a checkpoint needs beyond the model and optimizer to continue bit-exactly (a collective)."""
-        seen = {k: v for rank_seen in utils.all_gather_objects(self.bad_samples.seen) for k, v in rank_seen.items()}
-        return {"rng": utils.gather_rng_states(), "best_metric": self.best_metric, "bad_samples": seen,
+        gathered = distributed.all_gather_objects(self.bad_samples.seen)
+        seen = {k: v for rank_seen in gathered for k, v in rank_seen.items()}
+        return {"rng": gather_rng_states(), "best_metric": self.best_metric, "bad_samples": seen,
                 "train_meters": engine.meters_state(meters) if meters else None,
-                "processes": utils.get_world_size()}
+                "processes": distributed.get_world_size()}
 
 
 def resume(args: argparse.Namespace, run: Run, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None,
@@ -176,11 +180,11 @@ def resume(args: argparse.Namespace, run: Run, model: nn.Module, *, optimizer: t
             raise checkpoint.CheckpointError(
                 f"{restored.path} stopped mid-epoch with {before}: resume it with the same, not {geometry}")
     rng = [] if evaluating else saved.get("rng") or []
-    if len(rng) == utils.get_world_size():
-        utils.set_rng_state(rng[utils.get_rank()])
+    if len(rng) == distributed.get_world_size():
+        set_rng_state(rng[distributed.get_rank()])
     elif rng:
         logger.warning("the checkpoint's RNG states are of %d processes, this run has %d: continuing with fresh "
-                       "seeds (not bit-exact)", len(rng), utils.get_world_size())
+                       "seeds (not bit-exact)", len(rng), distributed.get_world_size())
     return ResumeState(checkpoint=restored.path, start_epoch=start_epoch, start_step=restored.start_step,
                        meters=engine.new_meters(saved.get("train_meters")) if restored.start_step else None,
                        bad_samples=BadSampleLog(max_bad_samples, saved.get("bad_samples")),

@@ -1,6 +1,8 @@
-"""Helpers the entry scripts share: distributed set-up, RNG states and the resumable sampler, schedules, CLI groups.
+"""Helpers the entry scripts share: the memory allocator, the CLI groups and the default precision.
 
-Checkpoints live in checkpoint.py, the training skeleton that uses these in training.py.
+The process group lives in distributed.py, schedules in schedules.py, RNG states in rng.py, checkpoints in
+checkpoint.py, and the training skeleton that uses them in training.py. The names VideoMAE's utils.py offered
+(get_rank, cosine_scheduler, ...) stay importable from here.
 """
 
 from __future__ import annotations
@@ -8,18 +10,25 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import itertools
 import logging
-import os
-import random
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
 
-import numpy as np
 import torch
 
+from distributed import (  # noqa: F401
+    Process,
+    all_gather_objects,
+    collective_device,
+    find_local_rank,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+)
+from rng import gather_rng_states, rng_state, seeded_rngs, set_rng_state  # noqa: F401
+from schedules import Schedule, build_schedule, cosine_scheduler, scale_lr  # noqa: F401
+
 logger = logging.getLogger(__name__)
+
 
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the OS.
@@ -35,164 +44,6 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
     except (OSError, AttributeError):
         return False
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Distributed helpers (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain `python` run is one process)
-
-@dataclass(frozen=True)
-class Process:
-    """Where this process runs: its rank among `world_size` (torchrun's RANK / WORLD_SIZE) and its device."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def find_local_rank(flag: int = -1) -> int:
-    """This process's GPU on its node: LOCAL_RANK (torchrun and torch.distributed.launch set it), else the
-    --local_rank / --local-rank flag (torch.distributed.launch without --use-env), else 0."""
-    return int(os.environ.get("LOCAL_RANK", max(flag, 0)))
-
-
-def init_distributed(device: str, timeout_minutes: float = 30.0, local_rank: int = -1) -> Process:
-    """Join torchrun's process group when launched by it (NCCL on CUDA, gloo on the CPU); else one process.
-
-    `--device cuda` means this rank's GPU: LOCAL_RANK (torchrun sets it), else `local_rank` (torch.distributed.launch's
-    --local-rank); `cuda:N` is taken as given.
-    """
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    target = torch.device(device)
-    if target.type == "cuda":
-        target = torch.device("cuda", target.index if target.index is not None else find_local_rank(local_rank))
-        torch.cuda.set_device(target)
-    if world_size > 1:
-        torch.distributed.init_process_group(backend="nccl" if target.type == "cuda" else "gloo",
-                                             timeout=timedelta(minutes=timeout_minutes),
-                                             device_id=target if target.type == "cuda" else None)
-        torch.distributed.barrier()
-    return Process(rank, world_size, target)
-
-
-def collective_device() -> torch.device:
-    """Where the tensors of this process's collectives go: its current GPU when the process group's backend has no
-    CPU side (NCCL), else the CPU (gloo, or a mixed cpu:gloo,cuda:nccl group)."""
-    if torch.distributed.is_initialized():
-        backend = str(torch.distributed.get_backend())
-        if "cpu" not in backend and "gloo" not in backend and "mpi" not in backend:
-            return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def get_rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
-def all_gather_objects(obj):
-    """Every rank's `obj`, in rank order (a one-element list without distributed)."""
-    if not torch.distributed.is_initialized():
-        return [obj]
-    gathered = [None] * get_world_size()
-    torch.distributed.all_gather_object(gathered, obj)
-    return gathered
-
-
-def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
-                     warmup_epochs: int = 0, start_warmup_value: float = 0.0, warmup_steps: int = -1):
-    """Per-step values: linear warm-up from start_warmup_value, then half a cosine from base to final value."""
-    warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
-    total = epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
-    iters = np.arange(max(total - warmup_iters, 0))
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
-    # A run shorter than its warm-up ends part-way up the warm-up ramp.
-    schedule = np.concatenate((warmup, cosine))[:total]
-    return schedule
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Resuming bit-exactly: every RNG a training step draws from, and a sampler that can start an epoch part-way
-
-def rng_state() -> dict:
-    """This process's torch (CPU and its current GPU), numpy and Python RNG states, in a form `load_checkpoint`
-    accepts."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
-             "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()  # this rank's own GPU only: resumable on another GPU count
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if isinstance(state.get("cuda"), torch.Tensor) and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def gather_rng_states() -> list[dict]:
-    """Every rank's `rng_state()`, in rank order (a collective: call it on all ranks)."""
-    return all_gather_objects(rng_state())
-
-
-@contextmanager
-def seeded_rngs(seed: int | tuple[int, ...]):
-    """Run a block with torch (CPU), numpy and `random` seeded from `seed` (e.g. (seed, epoch, index)), then put
-    the caller's states back.
-
-    A sample drawn inside depends on `seed` only: not on the worker that loads it, nor on what came before. The
-    three streams are independent: each is seeded from its own child of numpy's SeedSequence (torch and numpy
-    seeded with one integer run the same MT19937 stream, so their draws would be the same raw numbers).
-    """
-    torch_seq, numpy_seq, python_seq = np.random.SeedSequence(seed).spawn(3)
-    saved = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    torch.default_generator.manual_seed(int(torch_seq.generate_state(1, np.uint64)[0]))
-    np.random.seed(numpy_seq.generate_state(4))
-    random.seed(int.from_bytes(python_seq.generate_state(4).tobytes(), "little"))
-    try:
-        yield
-    finally:
-        torch.set_rng_state(saved["torch"])
-        np.random.set_state(saved["numpy"])
-        random.setstate(saved["python"])
-
-
-class ResumableSampler(torch.utils.data.DistributedSampler):
-    """A DistributedSampler whose epoch can start part-way: `set_epoch(epoch, start=k)` skips this rank's first k
-    indices of that epoch's order (which depends on seed and epoch only), so a resumed epoch sees what is left."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.start, None)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -284,32 +135,3 @@ def default_amp(device: torch.device) -> str:
     if device.type != "cuda":
         return "none"
     return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Schedules
-
-@dataclass(frozen=True)
-class Schedule:
-    """A run's per-step values: learning rate (warm-up from 0, then cosine) and weight decay (cosine)."""
-
-    lr: np.ndarray
-    weight_decay: np.ndarray
-    steps_per_epoch: int
-    peak_lr: float  # --lr scaled to the global batch (what the optimizer is created with)
-    min_lr: float
-
-
-def scale_lr(value: float, global_batch: int) -> float:
-    """The originals' linear rule: flags give the rate per 256 clips of global batch."""
-    return value * global_batch / 256
-
-
-def build_schedule(args: argparse.Namespace, global_batch: int, steps_per_epoch: int) -> Schedule:
-    """--lr and --min_lr scaled to the global batch, with --warmup_epochs / --warmup_steps and --weight_decay(_end)."""
-    peak_lr, min_lr = scale_lr(args.lr, global_batch), scale_lr(args.min_lr, global_batch)
-    lr = cosine_scheduler(peak_lr, min_lr, args.epochs, steps_per_epoch, args.warmup_epochs,
-                          warmup_steps=args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    return Schedule(lr, cosine_scheduler(args.weight_decay, wd_end, args.epochs, steps_per_epoch), steps_per_epoch,
-                    peak_lr, min_lr)

@@ -45,8 +45,10 @@ from torchvision.io import decode_jpeg, read_file
 import utils
 from datasets import (
     Annotation,
+    Augmentation,
     ClipDataset,
     FrameSource,
+    Sampling,
     loaded_test_indices,
     resize_frames,
     seed_worker,
@@ -164,22 +166,25 @@ class OriginalStyle(torch.utils.data.Dataset):
                 return
 
 
-def dataset_kwargs(args: argparse.Namespace) -> dict:
-    return dict(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
-                short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
-                test_num_crop=args.test_num_crop, aa=args.aa, reprob=args.reprob)
+def clip_dataset(entries: list[Annotation], mode: str, args: argparse.Namespace, augment_on: str = "workers",
+                 seed: int | None = None) -> ClipDataset:
+    sampling = Sampling(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
+                        short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
+                        test_num_crop=args.test_num_crop)
+    augmentation = Augmentation(aa=args.aa, reprob=args.reprob, augment_on=augment_on)
+    return ClipDataset(entries, mode, sampling, augmentation, seed=seed)
 
 
 def loader_rows(folders: list[Annotation], videos: list[Annotation], args: argparse.Namespace) -> list[tuple]:
     """(entries, path, unit, original-style, ours workers, ours device-worker side) items/s per core, repeated."""
-    kwargs, rows = dataset_kwargs(args), []
+    rows = []
     for name, entries in (("frame folders", folders), ("mp4 files", videos)):
         if not entries:
             continue
         for mode, items in (("train", args.train_items), ("test", args.test_items)):
-            loaders = [OriginalStyle(entries, mode, args), ClipDataset(entries, mode, **kwargs)]
+            loaders = [OriginalStyle(entries, mode, args), clip_dataset(entries, mode, args)]
             if mode == "train":
-                loaders.append(ClipDataset(entries, mode, augment_on="device", **kwargs))
+                loaders.append(clip_dataset(entries, mode, args, augment_on="device"))
             indices = [i % len(loaders[1]) for i in range(items)]
             runs = [take_turns(loaders, indices, args.seed + r) for r in range(args.repeats)]
             if mode == "test":  # an item of ours is all test_num_crop (identical) spatial views of a temporal view
@@ -189,7 +194,7 @@ def loader_rows(folders: list[Annotation], videos: list[Annotation], args: argpa
 
 
 def device_items(entries: list[Annotation], args: argparse.Namespace, count: int) -> tuple[ClipDataset, list]:
-    dataset = ClipDataset(entries, "train", augment_on="device", seed=args.seed, **dataset_kwargs(args))
+    dataset = clip_dataset(entries, "train", args, augment_on="device", seed=args.seed)
     return dataset, [dataset[i % len(dataset)] for i in range(count)]
 
 
@@ -262,11 +267,11 @@ def gpu_rows(device: str, folders: list[Annotation], args: argparse.Namespace, s
     - JPEG decoding: torchvision's batched decode_jpeg on `device` against OpenCV in one worker, frames/s;
     - device augmentation alone on `device`, clips/s, batches of --batch.
     """
-    kwargs, rows = dataset_kwargs(args), []
+    rows = []
     ahead = 2 * max(args.workers, 1)  # batches the workers build from iter() on (prefetch_factor 2)
     entries = folders * -(-(ahead + steps) * args.batch // len(folders))
     for mode in ("workers", "device"):
-        dataset = ClipDataset(entries, "train", augment_on=mode, seed=args.seed, **kwargs)
+        dataset = clip_dataset(entries, "train", args, augment_on=mode, seed=args.seed)
         augment = dataset.device_augment() if mode == "device" else None
         rates = []
         for _ in range(args.repeats):

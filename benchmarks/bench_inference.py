@@ -32,7 +32,7 @@ from engine_inference import process_video
 
 
 def full_size_checkpoint(folder: Path, fusion: str, sampling_rate: int) -> Path:
-    """The released scripts' model (finetune.md), random weights, saved as our fine-tuning saves."""
+    """The released scripts' model (MAE-DFER `scripts/dfew/`), random weights, saved as our fine-tuning saves."""
     args = rcf.get_args_parser().parse_args([
         "--model", "vit_base_dim512_no_depth_patch16_160", "--depth", "16", "--input_size", "160", "--nb_classes",
         "7", "--data_set", "DFEW", "--lg_region_size", "2", "5", "10", "--lg_classify_token_type", "region",

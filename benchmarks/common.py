@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(ROOT / "tests")):
+for _path in (str(ROOT), str(ROOT / "tests" / "support")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 RESULTS = ROOT / "benchmarks" / "results"

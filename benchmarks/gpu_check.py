@@ -444,7 +444,7 @@ def part_nccl_one_rank(part: Part) -> None:
     clips, videos = demo_data(part)
     backend = "gloo" if part.cpu else "nccl"
     part.result["group"] = f"1 rank, {backend}" + (" (NCCL's device rules checked by the guard)" if part.cpu else "")
-    wrapper = str(ROOT / "tests" / "fault_injection.py")
+    wrapper = str(ROOT / "tests" / "support" / "fault_injection.py")
     runs = (("finetuning", "run_class_finetuning.py", finetune_flags), ("pretraining", "run_mae_pretraining.py",
                                                                        pretrain_flags))
     for i, (name, script, flags) in enumerate(runs):

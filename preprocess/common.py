@@ -1,6 +1,6 @@
 """What every preparation script shares: arguments, output locations, writing lists, folds and the final check.
 
-Lists are written in the originals' format (data.md §0.1): `<path> <label>`, one space, no header, LF, one
+Lists are written in the originals' format (docs/DATASETS.md): `<path> <label>`, one space, no header, LF, one
 line per clip in the order of the official split file. Paths are absolute (as the originals') or, with
 --relative, relative to --root (give the loader --data_root ROOT).
 """

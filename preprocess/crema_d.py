@@ -1,4 +1,4 @@
-"""CREMA-D (data.md §5.1): train.csv and test.csv of the 5 actor-independent folds of the originals' lists.
+"""CREMA-D (docs/DATASETS.md): train.csv and test.csv of the 5 actor-independent folds of the originals' lists.
 
     python -m preprocess.crema_d --root /data/CREMA-D [--fold k] [--out saved/data/crema-d] [--relative]
 

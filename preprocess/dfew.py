@@ -1,4 +1,4 @@
-"""DFEW (data.md §2): train.csv, test.csv and val.csv (= test.csv) of each single-labeled 5-fold split.
+"""DFEW (docs/DATASETS.md): train.csv, test.csv and val.csv (= test.csv) of each single-labeled 5-fold split.
 
     python -m preprocess.dfew --root /data/DFEW [--fold k] [--out saved/data/dfew/org] [--relative]
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from preprocess.common import absolute, cli, entry_path, finish, fold_dir, parser, selected_folds, write_list
 
-# The originals read jpg_256: the official jpg_224 folder renamed (its images are 256x256; data.md §2.1).
+# The originals read jpg_256: the official jpg_224 folder renamed (its images are 256x256).
 FRAME_DIRS = ("jpg_256", "jpg_224")
 
 

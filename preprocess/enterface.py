@@ -1,4 +1,4 @@
-"""eNTERFACE'05 (data.md §5.2): train.csv and test.csv of the 5 subject-independent folds of the originals.
+"""eNTERFACE'05 (docs/DATASETS.md): train.csv and test.csv of the 5 subject-independent folds of the originals.
 
     python -m preprocess.enterface --root /data/eNTERFACE [--fold k] [--out saved/data/enterface] [--relative]
 

@@ -1,4 +1,4 @@
-"""FERV39k (data.md §1): train.csv and test.csv of the All-scenes setup from the official split files.
+"""FERV39k (docs/DATASETS.md): train.csv and test.csv of the All-scenes setup from the official split files.
 
     python -m preprocess.ferv39k --root /data/FERV39k [--out saved/data/ferv39k/all_scenes] [--relative]
 

@@ -1,4 +1,4 @@
-"""MAFW (data.md §3): train.csv and test.csv of each single-label 5-fold split (no captions).
+"""MAFW (docs/DATASETS.md): train.csv and test.csv of each single-label 5-fold split (no captions).
 
     python -m preprocess.mafw --root /data/MAFW [--fold k] [--out saved/data/mafw/single] [--relative]
 

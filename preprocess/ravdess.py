@@ -1,4 +1,4 @@
-"""RAVDESS (data.md §5.3): train.csv and test.csv of the 6 actor-independent folds of the originals' lists.
+"""RAVDESS (docs/DATASETS.md): train.csv and test.csv of the 6 actor-independent folds of the originals' lists.
 
     python -m preprocess.ravdess --root /data/RAVDESS [--fold k] [--out saved/data/ravdess] [--relative]
 

@@ -1,4 +1,4 @@
-"""VoxCeleb2 (data.md §4): info_clean.csv, the pretraining list of every dev video decord can open.
+"""VoxCeleb2 (docs/DATASETS.md): info_clean.csv, the pretraining list of every dev video decord can open.
 
     python -m preprocess.voxceleb2 --root /data/VoxCeleb2/dev/mp4 [--workers 8] [--out saved/data/voxceleb2]
 

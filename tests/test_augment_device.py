@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.stats import ks_2samp
+from support.clips import clip_dataset
 from torch.utils.data import DataLoader, default_collate
 
 import augment_device
@@ -54,7 +55,7 @@ KW = dict(num_frames=8, sampling_rate=1, input_size=32, short_side_size=40, seed
 
 def both_paths(entries, **kw) -> tuple[ClipDataset, ClipDataset]:
     kw = {**KW, **kw}
-    return ClipDataset(entries, "train", **kw), ClipDataset(entries, "train", augment_on="device", **kw)
+    return clip_dataset(entries, "train", **kw), clip_dataset(entries, "train", augment_on="device", **kw)
 
 
 def op_names(aug: DeviceAugment, ops: torch.Tensor) -> set[str]:
@@ -180,8 +181,8 @@ def test_parameter_distributions_match_the_worker_path(tmp_path, monkeypatch):
     """2,000 clips each way (other seeds): crop scale and aspect, flip and erase rates, erase area, op frequencies
     and magnitudes agree between the paths and with timm's / torchvision's definitions."""
     n = 2000
-    workers = ClipDataset(write_clips(tmp_path, 4) * (n // 4), "train", **{**KW, "seed": 1})
-    device = ClipDataset(workers.annotations, "train", augment_on="device", **{**KW, "seed": 2})
+    workers = clip_dataset(write_clips(tmp_path, 4) * (n // 4), "train", **{**KW, "seed": 1})
+    device = clip_dataset(workers.annotations, "train", augment_on="device", **{**KW, "seed": 2})
     applied = []
     draw = ClipDataset._draw
     monkeypatch.setattr(ClipDataset, "_draw", lambda self, h, w: applied.append(draw(self, h, w)) or applied[-1])
@@ -235,7 +236,7 @@ def test_loader_batches_views_and_bad_entries(tmp_path):
     assert augmented.shape == (6, 3, 8, 32, 32)
     assert torch.equal(augmented, device.device_augment()(frames.repeat_interleave(2, dim=0), params))
     missing = Annotation(str(tmp_path / "missing"), str(tmp_path / "missing"), 0, "train.csv:9")
-    bad = ClipDataset([entries[0], missing], "train", augment_on="device", skip_bad=True, **KW)
+    bad = clip_dataset([entries[0], missing], "train", augment_on="device", skip_bad=True, **KW)
     frames, params, labels, skipped = bad.collate([bad[0], bad[1]])
     assert len(frames) == 1 and params["op"].shape == (1, 4) and [s.source for s in skipped] == ["train.csv:9"]
 
@@ -250,11 +251,11 @@ def test_augment_on_option_and_the_unchanged_evaluation_paths(tmp_path):
         assert resolve_augment_on(argparse.Namespace(augment_on=value, device=device)) == expected
     assert resolve_augment_on(argparse.Namespace(device="cuda")) == "workers"  # scripts without the option
     with pytest.raises(ValueError, match="augment_on"):
-        ClipDataset([], "train", augment_on="gpu")
+        clip_dataset([], "train", augment_on="gpu")
     entries = write_clips(tmp_path, 2)
     for mode in ("validation", "test"):
-        plain = ClipDataset(entries, mode, **KW)
-        device = ClipDataset(entries, mode, augment_on="device", **KW)
+        plain = clip_dataset(entries, mode, **KW)
+        device = clip_dataset(entries, mode, augment_on="device", **KW)
         assert all(torch.equal(plain[i][0], device[i][0]) for i in range(2))
     (tmp_path / "train.csv").write_text("".join(f"{e.path} {e.label}\n" for e in entries))
     args = argparse.Namespace(data_path=str(tmp_path), data_set="CREMA-D", nb_classes=6, num_frames=8, sampling_rate=1,

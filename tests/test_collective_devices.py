@@ -1,5 +1,5 @@
 """Every collective the scripts issue must work under NCCL (issue 12, item 1): checked on the CPU by running them in a
-gloo group while tests/collective_guard.py pretends the backend is NCCL (a CPU tensor in a tensor collective is
+gloo group while tests/support/collective_guard.py pretends the backend is NCCL (a CPU tensor in a tensor collective is
 what NCCL refuses with "No backend type associated with device type cpu")."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from collective_guard import CollectiveDeviceError, guard_collectives, supported_devices
-from fault_injection import free_port, launch
+from support.collective_guard import CollectiveDeviceError, guard_collectives, supported_devices
+from support.fault_injection import free_port, launch
 
 from demo_data import make_demo_dataset, make_demo_videos
 
 TIMEOUT = float(os.environ.get("FAULT_TEST_TIMEOUT", 240))
-# NCCL pretended on the CPU: `--device cpu` stands for the rank's GPU (utils.collective_device is checked apart).
+# NCCL pretended on the CPU: `--device cpu` stands for the rank's GPU (distributed.collective_device is checked apart).
 PRETEND_NCCL = ["--pretend_backend", "nccl", "--stand_in_device", "cpu"]
 
 
@@ -124,9 +124,9 @@ def test_pretraining_collectives_work_under_nccl(tmp_path):
 @pytest.mark.parametrize(("backend", "expected"), [("nccl", "cuda:3"), ("gloo", "cpu"), ("cpu:gloo,cuda:nccl", "cpu"),
                                                    ("mpi", "cpu")])
 def test_the_scripts_collective_tensors_go_where_the_backend_serves(one_rank_group, monkeypatch, backend, expected):
-    """The one rule the engines' tensor collectives follow (utils.collective_device): under NCCL the rank's GPU."""
-    import utils
+    """The one rule the engines' tensor collectives follow (distributed.collective_device): under NCCL, the GPU."""
+    import distributed
 
     monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert utils.collective_device() == torch.device(expected)
+    assert distributed.collective_device() == torch.device(expected)

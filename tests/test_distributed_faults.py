@@ -1,7 +1,7 @@
 """Two processes (torchrun, gloo, one CPU process per "node", as on two machines) meeting faults (issue 12): an
 unreadable clip, a NaN on one rank with and without fp16 loss scaling; and gradient accumulation under DDP.
 
-Every run goes through tests/fault_injection.py (the entry scripts' command line, a NaN injected at one rank's
+Every run goes through tests/support/fault_injection.py (the entry scripts' command line, a NaN injected at one rank's
 forward, per-rank parameters and counts recorded) and is killed after FAULT_TEST_TIMEOUT seconds (default 240): a
 hang fails the test instead of blocking it. A normal run of these configurations takes ~15-20 s on 2 cores.
 """
@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 import torch
-from fault_injection import launch
+from support.fault_injection import launch
 
 import checkpoint as ckpt
 from demo_data import make_demo_dataset, make_demo_videos

@@ -7,10 +7,11 @@ import logging
 import numpy as np
 import pytest
 import torch
+from support.clips import clip_dataset
 from torch import nn
 
 import engine
-from datasets import Annotation, BadSample, BadSampleLog, ClipDataset, TooManyBadSamplesError, collate_skipping_bad
+from datasets import Annotation, BadSample, BadSampleLog, TooManyBadSamplesError, collate_skipping_bad
 
 
 def batches(n: int = 4, size: int = 4, seed: int = 0):
@@ -79,7 +80,7 @@ def test_unreadable_clips_are_skipped_counted_and_named_then_fail_past_the_limit
     entries = [Annotation(str(good), str(good), 1, "train.csv:1"),
                Annotation("gone", str(tmp_path / "gone"), 2, "train.csv:2"),
                Annotation(str(good), str(good), 0, "train.csv:3")]
-    dataset = ClipDataset(entries, "train", num_frames=4, sampling_rate=1, input_size=16, short_side_size=16,
+    dataset = clip_dataset(entries, "train", num_frames=4, sampling_rate=1, input_size=16, short_side_size=16,
                           seed=0, skip_bad=True)
     assert isinstance(dataset[1], BadSample) and dataset.collate is collate_skipping_bad
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=dataset.collate)
@@ -124,7 +125,7 @@ def test_identical_test_views_are_computed_once_and_give_every_view_its_probabil
         for t in range(n):
             cv2.imwrite(str(folder / f"{t:05d}.jpg"), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
         entries.append(Annotation(str(folder), str(folder), c, f"test.csv:{c + 1}"))
-    dataset = ClipDataset(entries, "test", num_frames=4, sampling_rate=2, input_size=16, short_side_size=16,
+    dataset = clip_dataset(entries, "test", num_frames=4, sampling_rate=2, input_size=16, short_side_size=16,
                           test_num_segment=2, test_num_crop=3)
     torch.manual_seed(0)
     model = CountingRows(16)

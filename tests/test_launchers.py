@@ -84,7 +84,7 @@ def test_k_fold_launcher_runs_the_folds_skips_finished_ones_and_writes_the_table
 
 
 # MAE-DFER-CA's FERV39k variants (its README table, UAR / WAR) as the launcher's one-variable changes, with the
-# trainable parameter counts of their logs (finetune.md §2.4); FUSION=none is plain MAE-DFER.
+# trainable parameter counts of their logs (MAE-DFER-CA `saved/` logs); FUSION=none is plain MAE-DFER.
 CA_VARIANTS = {
     "add": ({}, "add", [2, 5, 10], 114_324_610, "_fusion_add"),
     "add, regions 4x5x10": ({"LG_REGION_SIZE": "4 5 10"}, "add", [4, 5, 10], 114_322_562,
@@ -169,3 +169,29 @@ def test_the_readme_commands_evaluate_released_checkpoints(tmp_path):
         (metrics_file,) = (tmp_path / "out" / data_set.lower()).rglob("metrics.json")
         metrics = json.loads(metrics_file.read_text())
         assert metrics["num_clips"] == 7 and metrics["checkpoint"] == str(checkpoint)
+
+
+def test_the_launchers_write_out_the_full_size_configuration(tmp_path):
+    """models.FULL_SIZE (what inference and the benchmarks take) is the model each launcher's flags build."""
+    import run_class_finetuning as rcf
+    from models import FULL_SIZE
+
+    args = rcf.get_args_parser().parse_args(launcher_command_line(tmp_path, {}))
+    assert {name: getattr(args, name) for name in FULL_SIZE} == FULL_SIZE
+    for data_set in ("DFEW", "MAFW"):
+        text = (ROOT / LAUNCHERS[data_set][0]).read_text()
+        for name, value in FULL_SIZE.items():
+            written = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            assert f"--{name} {written}" in text, (data_set, name)
+
+
+def test_the_pretraining_launcher_writes_out_the_full_size_configuration():
+    from models import FULL_SIZE_PRETRAIN
+
+    text = (ROOT / "scripts/voxceleb2/pretrain_local_global_attn_depth16_region_size2510_with_diff_target_102.sh"
+            ).read_text()
+    model, *rest = FULL_SIZE_PRETRAIN.items()
+    assert f"MODEL={model[1]}\n" in text and '--model "$MODEL"' in text
+    for name, value in rest:
+        written = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+        assert f"--{name} {written}" in text, name

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import SCRIPT_KWARGS, SPEC_KEYS
+from support.configs import SCRIPT_KWARGS, SPEC_KEYS
 from torch.utils.flop_counter import FlopCounterMode
 
 import layers

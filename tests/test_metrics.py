@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import timm
-from conftest import SCRIPT_KWARGS
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+from support.configs import SCRIPT_KWARGS
 from timm.optim import create_optimizer_v2
 
 import checkpoint as ckpt
 import modeling_finetune  # noqa: F401  (registers the models)
-import utils
 from metrics import classification_metrics, merge_views, write_test_report
 
 
@@ -91,17 +90,6 @@ def test_optimizer_groups_follow_the_layer_decay_rule_of_the_spec():
         assert group["lr_scale"] == pytest.approx(0.75 ** (depth + 1 - layer)), name
         assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
     assert len(optimizer.param_groups) == 2 * (depth + 2)
-
-
-def test_cosine_schedule_warms_up_from_zero_then_decays_to_the_minimum():
-    schedule = utils.cosine_scheduler(1e-3, 1e-6, epochs=4, niter_per_ep=10, warmup_epochs=1)
-    assert len(schedule) == 40
-    assert schedule[0] == 0 and schedule[9] == pytest.approx(1e-3)
-    assert schedule[10] == pytest.approx(1e-3)
-    assert schedule[-1] == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + np.cos(np.pi * 29 / 30)))
-    assert np.all(np.diff(schedule[10:]) <= 0)
-    short = utils.cosine_scheduler(1e-3, 1e-6, epochs=1, niter_per_ep=10, warmup_epochs=5)
-    assert len(short) == 10 and short[0] == 0 and short[-1] == pytest.approx(1e-3 * 9 / 49)
 
 
 def test_best_checkpoint_cannot_seed_training(tmp_path):

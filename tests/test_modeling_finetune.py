@@ -7,7 +7,7 @@ import math
 import pytest
 import timm
 import torch
-from conftest import SCRIPT_KWARGS, TINY, random_state_dict, read_keys
+from support.configs import SCRIPT_KWARGS, TINY, random_state_dict, read_keys
 
 import modeling_finetune
 from modeling_finetune import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import SPEC_KEYS, read_keys
+from support.configs import SPEC_KEYS, read_keys
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -1,4 +1,4 @@
-"""preprocess/: each script on a fake tree of its data.md layout writes the expected lines, labels and folds."""
+"""preprocess/: each script on a fake tree of its documented layout writes the expected lines, labels and folds."""
 
 from __future__ import annotations
 

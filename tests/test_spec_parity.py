@@ -1,10 +1,10 @@
-"""Parity of the project's fine-tune model with the independent spec reference (tests/spec_reference.py).
+"""Parity of the project's fine-tune model with the independent reference (tests/support/spec_reference.py).
 
 Both models get the same randomly perturbed state_dict (strict loading both ways) and the same input;
 eval mode, float32, CPU. Tolerance: the project routes float32 matmuls through oneDNN on processors that
 are not Intel's (`layers.ONEDNN_LINEAR`), the reference through plain ATen, so results differ by summation
 order only (observed ≤ 1.3e-6 on O(1) logits at depth 2). We assert 1e-5 (abs + rel), ten times that and
-ten times below the project's 1e-4 gate, so a real misreading of the spec (a wrong bias, scale, order or
+ten times below the project's 1e-4 gate, so a real misreading of the original (a wrong bias, scale, order or
 index is ≥ 1e-3 here) cannot hide in it.
 """
 
@@ -16,8 +16,8 @@ from functools import partial
 import pytest
 import timm
 import torch
-from conftest import SPEC_KEYS
-from spec_reference import build_reference, build_reference_base, region_index
+from support.configs import SPEC_KEYS
+from support.spec_reference import build_reference, build_reference_base, region_index
 from torch import nn
 
 import modeling_finetune
@@ -144,7 +144,7 @@ def test_state_dict_keys_match(name: str) -> None:
     ref = build_reference(**kwargs)
     prj = modeling_finetune.VisionTransformer(**kwargs)
     assert key_list(ref) == key_list(prj)
-    # strict loading works both ways (shared attention modules appear under both prefixes, §1.6)
+    # strict loading works both ways (shared attention modules appear under both prefixes)
     prj.load_state_dict(ref.state_dict(), strict=True)
     ref.load_state_dict(prj.state_dict(), strict=True)
     assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in prj.parameters())
@@ -166,7 +166,7 @@ def test_logits_and_feature_match(name: str) -> None:
 
 
 def test_region_index_matches_spec_closed_form() -> None:
-    """§1.5 worked example for (2,5,10) on the (8,10,10) grid: r = 2·(t//2) + h//5, s = 50·(t%2) + 10·(h%5) + w."""
+    """Worked example for (2,5,10) on the (8,10,10) grid: r = 2·(t//2) + h//5, s = 50·(t%2) + 10·(h%5) + w."""
     index = region_index((8, 10, 10), (2, 5, 10))
     assert index.shape == (8, 100)
     for t in range(8):
@@ -215,7 +215,7 @@ def compare_intermediates(ref: nn.Module, prj: nn.Module, x: torch.Tensor, names
                 assert_close(a, b, f"{name}[{i}]")
         else:
             if name == "vit_pos" and out_prj.ndim == 4:
-                # the project's vit_pos returns the POS map itself: (B, N, 512) → (B, 512, h, w) (§3.3)
+                # the project's vit_pos returns the POS map itself: (B, N, 512) → (B, 512, h, w)
                 out_ref = out_ref.transpose(1, 2).reshape(out_prj.shape)
             assert out_prj.shape == out_ref.shape, name
             assert_close(out_prj, out_ref, name)
@@ -236,7 +236,7 @@ def test_intermediates_match(name: str) -> None:
     x = input_for(overrides)
     store, _ = compare_intermediates(ref, prj, x, names)
     if "motion" in store:
-        # §2.1: motion = mean over frames − frame 0, batched form; and the CA branch is not negligible
+        # motion = mean over frames − frame 0, batched form; and the CA branch is not negligible
         assert_close(store["motion"], x.mean(dim=2) - x[:, :, 0], "motion vs closed form", tol=1e-6)
         flat, attn1 = store["cablock"]
         size = {**TINY, **overrides}["img_size"]
@@ -247,7 +247,7 @@ def test_intermediates_match(name: str) -> None:
 
 @pytest.mark.parametrize("token_type", ["org", "all"])
 def test_norm_sees_the_tokens_the_head_reads(token_type: str) -> None:
-    """use_mean_pooling=False: `norm` gets the selected tokens; token 0 and the token mean agree (§1.7)."""
+    """use_mean_pooling=False: `norm` gets the selected tokens; token 0 and the token mean agree."""
     ref, prj = make_pair(use_mean_pooling=False, lg_classify_token_type=token_type)
     store_ref, h_ref = record(ref, ["norm"])
     store_prj, h_prj = record(prj, ["norm"])
@@ -265,7 +265,7 @@ def test_norm_sees_the_tokens_the_head_reads(token_type: str) -> None:
 
 @pytest.mark.parametrize("token_type", ["org", "all"])
 def test_selected_tokens_are_region_major(token_type: str) -> None:
-    """§1.7: 'org' keeps x[:,:,1:] and 'all' keeps x, both flattened `b n s c -> b (n s) c` (region-major)."""
+    """'org' keeps x[:,:,1:] and 'all' keeps x, both flattened `b n s c -> b (n s) c` (region-major)."""
     ref, prj = make_pair(use_mean_pooling=False, lg_classify_token_type=token_type)
     store_ref, _ = record(ref, ["norm"])
     store_prj, _ = record(prj, ["norm"])
@@ -306,9 +306,9 @@ def test_full_size_keys_match_original_checkpoints(fusion: str | None, filename:
     assert key_list(prj) == expected
     assert sum(p.numel() for p in prj.parameters()) == n_params
     layer_norms = [m for m in prj.modules() if isinstance(m, nn.LayerNorm)]
-    assert len(layer_norms) == 16 * 5 + 1 and all(m.eps == 1e-6 for m in layer_norms)  # §1.1: LN eps 1e-6
+    assert len(layer_norms) == 16 * 5 + 1 and all(m.eps == 1e-6 for m in layer_norms)  # LN eps 1e-6
     batch_norms = [m for m in prj.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(m.eps == 1e-5 and m.momentum == 0.1 for m in batch_norms)  # BN defaults (§5 #10)
+    assert all(m.eps == 1e-5 and m.momentum == 0.1 for m in batch_norms)  # BN defaults
 
 
 def test_full_geometry_depth2_oracle_config() -> None:
@@ -324,7 +324,7 @@ def test_full_geometry_depth2_oracle_config() -> None:
     names = ["patch_embed", "blocks.0", "blocks.1", "fc_norm", "conv_act", "cablock", "fc1"]
     start = time.perf_counter()
     store, store_prj = compare_intermediates(ref, prj, x, names)
-    # §1.3: a float32 angle at p≈800 is off by up to 5e-5; the float64-built table agrees to rounding
+    # a float32 angle at p≈800 is off by up to 5e-5; the float64-built table agrees to rounding
     assert_close(store_prj["tokens"], store["tokens"], "blocks.0 input (tokens + position table)", tol=1e-6)
     assert store["blocks.0"].shape == (8, 101, 512)
     assert store["cablock"][0].shape == (1, 51200) and store["cablock"][1].shape == (1, 6400)
@@ -344,7 +344,7 @@ def test_full_geometry_depth2_oracle_config() -> None:
 @pytest.mark.parametrize("name", ["fusion_add", "first_cross_third_self", "share_first_third", "no_second",
                                   "all", "joint"])
 def test_train_mode_drop_path_draws_match(name: str) -> None:
-    """Same seed before each forward → same drop-path masks (one Bernoulli per row, §1.6 sub-layer order)."""
+    """Same seed before each forward → same drop-path masks (one Bernoulli per row, in sub-layer order)."""
     overrides = {**CONFIGS[name], "depth": 3, "drop_path_rate": 0.5}
     ref, prj = make_pair(**overrides)
     ref.train()

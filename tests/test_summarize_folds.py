@@ -10,7 +10,7 @@ import pytest
 
 import summarize_folds
 
-# MAE-DFER's DFEW folds 1-5 (finetune.md §2.12.1): their mean is the paper's 63.41 / 74.43.
+# MAE-DFER's DFEW folds 1-5 (the per-fold logs of MAE-DFER's README): their mean is the paper's 63.41 / 74.43.
 DFEW_UAR = [62.59, 61.96, 64.00, 63.07, 65.42]
 DFEW_WAR = [74.88, 72.49, 74.91, 74.05, 75.81]
 

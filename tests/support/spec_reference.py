@@ -1,8 +1,8 @@
-"""Independent, spec-literal re-implementation of the original fine-tune model (model.md §1–§3).
+"""Independent, literal re-implementation of the original fine-tune model (MAE-DFER-CA `modeling_finetune.py`).
 
-Written from model.md only, in the style of the original code (explicit attention math,
+Written from a text description of the original only, in the style of the original code (explicit attention math,
 `F.linear`, index-formula region grouping, in-place slice writes on clones, per-sample CA motion loop),
-so that the parity tests catch a misreading of the spec in either implementation. It is also the
+so that the parity tests catch a misreading of the original in either implementation. It is also the
 "original-style" baseline the benchmarks time. Not registered in timm on purpose (names would clash).
 """
 
@@ -17,11 +17,11 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------------
-# §1.3 position table
+# position table
 
 
 def sinusoid_table(n_position: int, d_hid: int) -> torch.Tensor:
-    """(1, n_position, d_hid) sin/cos table, computed in float64 then cast to float32 (§1.3)."""
+    """(1, n_position, d_hid) sin/cos table, computed in float64 then cast to float32."""
     p = torch.arange(n_position, dtype=torch.float64)[:, None]
     j = torch.arange(d_hid, dtype=torch.float64)[None, :]
     angle = p / torch.pow(torch.tensor(10000.0, dtype=torch.float64), 2 * torch.floor(j / 2) / d_hid)
@@ -32,11 +32,11 @@ def sinusoid_table(n_position: int, d_hid: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# §1.4 attention modules and Mlp
+# attention modules and Mlp
 
 
 class GeneralAttention(nn.Module):
-    """q from x, k/v from context (default x); k bias fixed at zero; q scaled before q·kᵀ (§1.4)."""
+    """q from x, k/v from context (default x); k bias fixed at zero; q scaled before q·kᵀ."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: float | None = None,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
@@ -81,7 +81,7 @@ class GeneralAttention(nn.Module):
 
 
 class Attention(nn.Module):
-    """Joint-block attention: one qkv Linear with bias [q_bias, 0, v_bias] (§1.4)."""
+    """Joint-block attention: one qkv Linear with bias [q_bias, 0, v_bias]."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: float | None = None,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
@@ -119,7 +119,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 → exact-erf GELU → fc2 → Dropout; no dropout between GELU and fc2 (§1.4)."""
+    """fc1 → exact-erf GELU → fc2 → Dropout; no dropout between GELU and fc2."""
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -133,11 +133,11 @@ class Mlp(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# §1.8 joint block, §1.6 LGBlock
+# joint block, LGBlock
 
 
 class Block(nn.Module):
-    """Pre-LN ViT block for attn_type='joint' (§1.8)."""
+    """Pre-LN ViT block for attn_type='joint'."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
@@ -165,7 +165,7 @@ class Block(nn.Module):
 
 
 class LGBlock(nn.Module):
-    """LGI-Former block: local, global and local–global attention, then the MLP (§1.6)."""
+    """LGI-Former block: local, global and local–global attention, then the MLP."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  qk_scale: float | None = None, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
@@ -185,7 +185,7 @@ class LGBlock(nn.Module):
         def attention() -> GeneralAttention:
             return GeneralAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
 
-        # creation order = state_dict order (§1.6 table)
+        # creation order = state_dict order
         self.first_attn_norm0 = norm_layer(dim)
         if first_attn_type == "cross":
             self.first_attn_norm1 = norm_layer(dim)
@@ -214,7 +214,7 @@ class LGBlock(nn.Module):
     def forward(self, x: torch.Tensor, b: int) -> torch.Tensor:
         """x: (B·N_r, 1+S, C), sample-major; b: batch size B."""
         if self.gamma_1 is not None:
-            raise NotImplementedError("LGBlock with init_values > 0 (layer scale) is not implemented (model.md §5 #14)")
+            raise NotImplementedError("LGBlock with init_values > 0 (layer scale) is not implemented")
         # Step 1: first, local (intra-region) attention
         if self.first_attn_type == "self":
             x = x + self.drop_path(self.first_attn(self.first_attn_norm0(x)))
@@ -252,11 +252,11 @@ class LGBlock(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# §1.2 patch embedding
+# patch embedding
 
 
 class PatchEmbed(nn.Module):
-    """Conv3d tubelet embedding, (B,3,T,H,W) → (B, N, C) with p = (t·nh + h)·nw + w (§1.2)."""
+    """Conv3d tubelet embedding, (B,3,T,H,W) → (B, N, C) with p = (t·nh + h)·nw + w."""
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  num_frames: int = 16, tubelet_size: int = 2) -> None:
@@ -277,7 +277,7 @@ class PatchEmbed(nn.Module):
 
 
 def region_index(grid: Sequence[int], region_size: Sequence[int]) -> torch.Tensor:
-    """(N_r, S) token indices: token (t,h,w) goes to region r at in-region position s (§1.5 formula)."""
+    """(N_r, S) token indices: token (t,h,w) goes to region r at in-region position s."""
     gt, gh, gw = grid
     rt, rh, rw = region_size
     if gt % rt or gh % rh or gw % rw:
@@ -294,11 +294,11 @@ def region_index(grid: Sequence[int], region_size: Sequence[int]) -> torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------------
-# §2 CA branch: CABlock ResNet
+# CA branch: CABlock ResNet (CA fork `CA_block.py`)
 
 
 class CABlock(nn.Module):
-    """Basic residual block followed by a cumulative spatial attention map (§2.3)."""
+    """Basic residual block followed by a cumulative spatial attention map."""
 
     expansion = 1
 
@@ -330,7 +330,7 @@ class CABlock(nn.Module):
 
 
 class CAResNet(nn.Module):
-    """ResNet(CABlock, [1,1,1,1]) on the conv_act output; returns (flat layer4, a1 flattened) (§2.3)."""
+    """ResNet(CABlock, [1,1,1,1]) on the conv_act output; returns (flat layer4, a1 flattened)."""
 
     def __init__(self, inplanes: int = 180) -> None:
         super().__init__()
@@ -338,14 +338,14 @@ class CAResNet(nn.Module):
         self.conv1 = nn.Conv2d(inplanes, 128, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(128)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool1 = nn.MaxPool2d(kernel_size=2, stride=2)  # never called (§2.3)
+        self.maxpool1 = nn.MaxPool2d(kernel_size=2, stride=2)  # never called
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(128, stride=1)
         self.layer2 = self._make_layer(128, stride=2)
         self.layer3 = self._make_layer(256, stride=2)
         self.layer4 = self._make_layer(512, stride=2)
         self.drop = nn.Dropout(0.1)  # never called
-        self.fc = nn.Linear(512 * 196, 7)  # never called, but in every state_dict (§5 #7, #25)
+        self.fc = nn.Linear(512 * 196, 7)  # never called, but in every state_dict
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -381,11 +381,11 @@ def ca_grid(height: int, width: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# §3.3 vit_pos (PC_module.VisionTransformer_POS)
+# vit_pos (PC_module.VisionTransformer_POS)
 
 
 class PosAttention(nn.Module):
-    """Standard timm-0.4 attention: qkv Linear with bias, (q·kᵀ)·scale, softmax (§3.3)."""
+    """Standard timm-0.4 attention: qkv Linear with bias, (q·kᵀ)·scale, softmax."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -429,7 +429,7 @@ class PosPatchEmbed(nn.Module):
 
 
 class VisionTransformerPOS(nn.Module):
-    """vit_pos: 1×1 patch ViT over the resized first frame; cls_token, head and to_Mask unused (§3.3)."""
+    """vit_pos: 1×1 patch ViT over the resized first frame; cls_token, head and to_Mask unused."""
 
     def __init__(self, img_size: tuple[int, int] = (10, 10), patch_size: int = 1, in_chans: int = 3,
                  embed_dim: int = 512, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
@@ -469,11 +469,11 @@ def _init_vit_weights(m: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# §1 / §2 / §3 the model
+# the model
 
 
 class ReferenceVisionTransformer(nn.Module):
-    """modeling_finetune.VisionTransformer of the CA fork, written from model.md; `fusion` picks §3.x."""
+    """modeling_finetune.VisionTransformer of the CA fork, written independently; `fusion` picks the variant."""
 
     def __init__(self, pretrained_cfg: dict | None = None, img_size: int = 224, patch_size: int = 16,
                  in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 768, depth: int = 12,
@@ -488,7 +488,7 @@ class ReferenceVisionTransformer(nn.Module):
                  lg_no_second: bool = False, lg_no_third: bool = False, fusion: str | None = None) -> None:
         super().__init__()
         if keep_temporal_dim:
-            raise NotImplementedError("keep_temporal_dim=True is not supported (model.md §1.7, §5 #13)")
+            raise NotImplementedError("keep_temporal_dim=True is not supported")
         if attn_type not in ("joint", "local_global"):
             raise ValueError(f"attn_type={attn_type!r}: expected 'joint' or 'local_global'")
         if lg_classify_token_type not in ("org", "region", "all"):
@@ -503,7 +503,7 @@ class ReferenceVisionTransformer(nn.Module):
         self.use_mean_pooling = use_mean_pooling
         self.fusion = fusion
 
-        # §1.9 creation order: patch_embed, pos table, blocks, region tokens, norms, head
+        # creation order: patch_embed, pos table, blocks, region tokens, norms, head
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, all_frames, tubelet_size)
         num_patches = self.patch_embed.num_patches
         if use_learnable_pos_emb:
@@ -552,8 +552,8 @@ class ReferenceVisionTransformer(nn.Module):
             self.head.weight.data.mul_(init_scale)
             self.head.bias.data.mul_(init_scale)
 
-        # §2: CA modules appended after head (state_dict order cablock, conv_act, fc1[, vit_pos]); built
-        # after apply(_init_weights), so they keep their own init (§2.5)
+        # CA modules appended after head (state_dict order cablock, conv_act, fc1[, vit_pos]); built
+        # after apply(_init_weights), so they keep their own init
         if fusion is not None:
             ca_h, ca_w = ca_grid(img_size, img_size)
             self.cablock = CAResNet(180)
@@ -573,7 +573,7 @@ class ReferenceVisionTransformer(nn.Module):
         if self.attn_type == "local_global":
             index = self.lg_index.to(x.device)
             n, s = index.shape
-            x = x[:, index]  # (B, N_r, S, C) by the §1.5 index formula
+            x = x[:, index]  # (B, N_r, S, C) by the region index formula
             region_tokens = self.lg_region_tokens[None, :, None, :].expand(b, -1, -1, -1)  # n c -> b n 1 c
             x = torch.cat([region_tokens, x], dim=2)  # (B, N_r, 1+S, C)
             x = x.reshape(b * n, s + 1, c)  # b n s c -> (b n) s c
@@ -601,7 +601,7 @@ class ReferenceVisionTransformer(nn.Module):
             feature = x
         else:
             b, ch, _, h, w = x.shape
-            # §2.1 per-sample loop into scratch tensors (original: torch.randn(...).cuda(), §5 #1–#3)
+            # per-sample loop into scratch tensors (original: torch.randn(...).cuda())
             x_c = torch.empty(b, ch, h, w, dtype=x.dtype, device=x.device)
             x2_c = torch.empty(b, ch, h, w, dtype=x.dtype, device=x.device)
             for i in range(b):
@@ -631,7 +631,7 @@ def build_reference(**kwargs) -> ReferenceVisionTransformer:
 
 
 def build_reference_base(**kwargs) -> ReferenceVisionTransformer:
-    """The reference as the `vit_base_dim512_no_depth_patch16_160` entrypoint builds it (§1.1)."""
+    """The reference as the `vit_base_dim512_no_depth_patch16_160` entrypoint builds it."""
     cfg = dict(img_size=160, patch_size=16, embed_dim=512, num_heads=8, mlp_ratio=4, qkv_bias=True,
                norm_layer=partial(nn.LayerNorm, eps=1e-6))
     cfg.update(kwargs)

@@ -8,7 +8,7 @@ rank must have called `torch.cuda.set_device(LOCAL_RANK)`. On a CPU machine the 
     with guard_collectives("nccl") as guard:    # raises CollectiveDeviceError at the first offending call
         torch.distributed.all_reduce(torch.zeros(2))
 
-`install(backend, strict=False)` does the same for a whole process and only records (what tests/fault_injection.py
+`install(backend, strict=False)` does the same for a whole process and only records (what fault_injection.py
 uses): the collective still runs, so every rank reaches the end and writes its report (`guard.report()`).
 
 Only calls made through the `torch.distributed` namespace from outside torch are checked (torch's own internal

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import random
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import SCRIPT_KWARGS, random_state_dict, read_keys
+from support.configs import SCRIPT_KWARGS, random_state_dict, read_keys
 
 import checkpoint as ckpt
 import modeling_finetune  # noqa: F401  (registers the models)
-import utils
 from checkpoint import CheckpointError, load_checkpoint, load_model_weights, load_pretrained
 
 
@@ -137,33 +135,6 @@ def training_state(tmp_path):
     return model, optimizer, args
 
 
-def test_rng_states_survive_a_checkpoint_file(tmp_path):
-    state = utils.rng_state()
-    first = (torch.rand(4), np.random.rand(4), random.random())
-    ckpt.save_checkpoint_atomic({"rng": [state]}, tmp_path / "c.pth")
-    utils.set_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"][0])
-    again = (torch.rand(4), np.random.rand(4), random.random())
-    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
-    with utils.seeded_rngs(7):
-        a = torch.rand(2), np.random.rand(), random.random()
-    after = torch.rand(1)
-    utils.set_rng_state(state)
-    torch.rand(4)
-    with utils.seeded_rngs(7):  # the same draws whatever came before, and the caller's streams are untouched
-        b = torch.rand(2), np.random.rand(), random.random()
-    assert torch.equal(a[0], b[0]) and a[1:] == b[1:] and torch.equal(torch.rand(1), after)
-
-
-def test_resumable_sampler_continues_the_epochs_order():
-    sampler = utils.ResumableSampler(range(10), num_replicas=2, rank=1, shuffle=True, seed=3)
-    sampler.set_epoch(4)
-    order = list(sampler)
-    sampler.set_epoch(4, start=2)
-    assert list(sampler) == order[2:] and len(sampler) == 3
-    sampler.set_epoch(5)
-    assert list(sampler) != order and len(sampler) == 5
-
-
 def test_checkpoint_last_keep_last_and_best(tmp_path):
     model, optimizer, args = training_state(tmp_path)
     for epoch in range(4):
@@ -214,39 +185,3 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         ckpt.save_model(args.output_dir, 1, model=model, optimizer=optimizer, args=args, step=2, numbered=False)
     assert (tmp_path / "checkpoint-last.pth").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-last.pth"]
-
-
-# --- the launchers' local-rank flag -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("script", ["run_class_finetuning", "run_mae_pretraining"])
-@pytest.mark.parametrize("flag", ["--local-rank=1", "--local_rank=1", "--local-rank", "--local_rank"])
-def test_both_local_rank_spellings_are_accepted_and_local_rank_in_the_environment_wins(script, flag, monkeypatch):
-    import importlib
-
-    parser = importlib.import_module(script).get_args_parser()
-    args = parser.parse_args([flag] if "=" in flag else [flag, "1"])
-    assert args.local_rank == 1
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert utils.find_local_rank(args.local_rank) == 1 and not utils.init_distributed("cpu").distributed
-    monkeypatch.setenv("LOCAL_RANK", "0")  # torch.distributed.launch and torchrun set it: it is the one used
-    assert utils.find_local_rank(args.local_rank) == 0
-
-
-def test_seeded_rngs_gives_torch_numpy_and_python_independent_streams():
-    # Seeded with one integer, torch and numpy run the same MT19937 stream: torch's raw 31-bit draws reappear in
-    # numpy's (torch takes every other word). Under seeded_rngs they share none.
-    torch.manual_seed(7)
-    np.random.seed(7)
-    assert set(torch.randint(0, 2**31, (8,)).tolist()) <= set(np.random.randint(0, 2**31, 16).tolist())
-    for seed in (7, (0, 3, 12), (5, 0, 0)):
-        with utils.seeded_rngs(seed):
-            drawn = torch.randint(0, 2**31, (64,)).tolist(), np.random.randint(0, 2**31, 128).tolist(), \
-                [random.getrandbits(31) for _ in range(128)]
-        assert not set(drawn[0]) & set(drawn[1]) and not set(drawn[0]) & set(drawn[2])
-        assert not set(drawn[1]) & set(drawn[2])
-    with utils.seeded_rngs((0, 3, 12)):  # (seed, epoch, index): a clip's draws are its own
-        a = torch.rand(3)
-    with utils.seeded_rngs((0, 3, 13)):
-        b = torch.rand(3)
-    assert not torch.equal(a, b)

@@ -1,6 +1,7 @@
 """Run an entry script with faults injected and per-rank facts recorded: the harness of the distributed tests.
 
-    python tests/fault_injection.py run_class_finetuning.py --nan_on_rank 1 --nan_at_step 2 --report_dir R -- FLAGS
+    python tests/support/fault_injection.py run_class_finetuning.py --nan_on_rank 1 --nan_at_step 2 --report_dir R \
+        -- FLAGS
 
 runs `run_class_finetuning.py FLAGS` exactly as its `__main__` block does (runpy), in this process (under torchrun:
 in each rank), after patching only library entry points, so that it survives refactoring of the scripts:
@@ -9,7 +10,7 @@ in each rank), after patching only library entry points, so that it survives ref
   hook; on rank --nan_on_rank its --nan_at_step-th forward in training mode (0-based, counted over the whole run;
   = the optimizer step with --update_freq 1) returns NaN (tuples: their first element), so loss and gradients are
   NaN as after a real overflow;
-- collectives: `torch.distributed.<collective>` is wrapped by tests/collective_guard.py, which records each call
+- collectives: `torch.distributed.<collective>` is wrapped by tests/support/collective_guard.py, which records each call
   (and checks its devices against --pretend_backend, e.g. nccl while the group really is gloo);
 - optimizer steps: counted with torch.optim's global step hook (a step GradScaler skips is not counted);
 - DDP gradient all-reduces (--count_grad_allreduce): a counting all-reduce comm hook on every DDP model;
@@ -41,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parent
 
 
