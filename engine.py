@@ -18,7 +18,8 @@ from timm.utils import AverageMeter
 from torch import nn
 from tqdm import tqdm
 
-import utils
+import distributed
+import schedules
 from metrics import classification_metrics
 
 
@@ -48,7 +49,7 @@ def epoch_stats(meters: dict[str, AverageMeter]) -> dict[str, float]:
     every process: they agree on each step)."""
     names = [name for name in meters if name != "skipped_steps"]
     totals = torch.tensor([[meters[n].sum, meters[n].count] for n in names], dtype=torch.float64,
-                          device=utils.collective_device())
+                          device=distributed.collective_device())
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     stats = {name: float(total / count) if count else float("nan")
@@ -76,7 +77,7 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, global_step: int, schedule: utils.Schedule | None) -> None:
+def apply_schedules(optimizer: torch.optim.Optimizer, global_step: int, schedule: schedules.Schedule | None) -> None:
     """The step's learning rate (times a group's lr_scale) and weight decay (groups that decay)."""
     if schedule is None:
         return
@@ -92,7 +93,7 @@ class StepRecipe:
     augmentation, and every how many optimizer steps the device's values are read (`StepLog`)."""
 
     precision: Precision = FLOAT32
-    schedule: utils.Schedule | None = None
+    schedule: schedules.Schedule | None = None
     update_freq: int = 1
     max_norm: float | None = None
     model_ema: nn.Module | None = None
@@ -180,7 +181,7 @@ class StepAgreement:
             if self.group is None:
                 bad_samples.check()
             else:
-                bad_samples.check({k: v for rank_seen in utils.all_gather_objects(bad_samples.seen)
+                bad_samples.check({k: v for rank_seen in distributed.all_gather_objects(bad_samples.seen)
                                    for k, v in rank_seen.items()})
         return {"train": not agreed.pop("missing"), **agreed}
 
@@ -379,7 +380,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     update_freq, agreement = recipe.update_freq, StepAgreement()
     log = StepLog(lambda record: replay_finetune(meters, record, progress, log_writer), epoch=epoch,
                   every=recipe.log_every, agreement=agreement, stop_on_non_finite=recipe.precision.scaler is None)
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not distributed.is_main_process(), dynamic_ncols=True,
                     initial=resume_step * update_freq, total=resume_step * update_freq + len(data_loader))
     steps_per_epoch = recipe.schedule.steps_per_epoch if recipe.schedule is not None else None
     fields = 2 if recipe.augment is None else 3
@@ -469,7 +470,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
     unreadable can skip it. `pad_to`: see `padded_forward`."""
     model.eval()
     records = []
-    for batch in tqdm(data_loader, desc="validation", disable=not utils.is_main_process(), dynamic_ncols=True):
+    for batch in tqdm(data_loader, desc="validation", disable=not distributed.is_main_process(), dynamic_ncols=True):
         samples, targets, ids = unpack_batch(batch, 3, bad_samples)
         if not len(samples):
             continue
@@ -485,7 +486,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
         StepAgreement().before_forward(True, bad_samples)
     # Gather every rank's clips and drop the duplicates a DistributedSampler pads with.
     unique = {}
-    for rank_records in utils.all_gather_objects(records):
+    for rank_records in distributed.all_gather_objects(records):
         for clip_id, label, loss, ranked in rank_records:
             unique.setdefault(clip_id, (label, loss, ranked))
     labels = np.array([v[0] for v in unique.values()])
@@ -508,7 +509,7 @@ def predict_views(data_loader: Iterable, model: nn.Module, device: torch.device,
     model.eval()
     records = []
     for samples, targets, ids, chunks, num_crops in tqdm(data_loader, desc="test", dynamic_ncols=True,
-                                                         disable=not utils.is_main_process()):
+                                                         disable=not distributed.is_main_process()):
         with precision.autocast(device):
             logits = padded_forward(model, samples.to(device, non_blocking=True), pad_to)
         probs = torch.softmax(logits.double(), dim=1).cpu().numpy()

@@ -18,8 +18,8 @@ from timm.utils import AverageMeter
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 import engine
-import utils
 from modeling_pretrain import gather_tokens, split_tokens
 
 PATCHES = "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c"
@@ -158,7 +158,7 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
     agreement = engine.StepAgreement()
     log = engine.StepLog(lambda record: replay(meters, record, progress, log_writer), epoch=epoch,
                          every=recipe.log_every, agreement=agreement, stop_on_non_finite=True)
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not distributed.is_main_process(), dynamic_ncols=True,
                     initial=resume_step, total=resume_step + len(data_loader))
     batches = engine.prefetched(progress, lambda batch: to_device(batch, device), device)
     for step, batch in enumerate(batches, resume_step):
