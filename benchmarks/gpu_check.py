@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from common import FT_FULL, FT_TINY, PEAK_TFLOPS, PT_FULL, PT_TINY, ROOT, sync
 
 # Seconds per part on one GPU: 300 in all, so that the check, the machine's start and a rerun fit in 15 minutes.
-BUDGETS = dict(env=10, finetune_steps=95, data_path=30, eval_compile=45, pretrain_step=25, nccl_one_rank=30,
+BUDGETS = dict(env=10, finetune_steps=85, data_path=30, eval_compile=55, pretrain_step=25, nccl_one_rank=30,
                two_process_demos=40, checkpoint_cpu_gpu=25)
 MIN_PART_SECONDS = 10
 MIN_VARIANT_SECONDS = 12  # a row starts only with this much of its part's budget left
