@@ -128,7 +128,10 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     """PIL's ImageOps.equalize of every plane of x (R, H, W) uint8 (one batched histogram)."""
     rows = x.shape[0]
     offsets = torch.arange(rows, device=x.device, dtype=torch.int64).mul_(256)[:, None]
-    hist = torch.bincount((x.flatten(1).long() + offsets).view(-1), minlength=rows * 256).view(rows, 256)
+    # scatter_add, not bincount: on CUDA bincount reads its input's maximum on the host (a sync)
+    index = (x.flatten(1).long() + offsets).view(-1)
+    hist = torch.zeros(rows * 256, dtype=torch.int64, device=x.device).scatter_add_(
+        0, index, torch.ones_like(index)).view(rows, 256)
     occupied = hist > 0
     last = 255 - occupied.flip(1).int().argmax(dim=1, keepdim=True)
     step = (hist.sum(1, keepdim=True) - hist.gather(1, last)) // 255
@@ -169,6 +172,7 @@ class DeviceAugment:
     """The worker path's training augmentation (`datasets.ClipDataset`) for a batch of uint8 clips and their records.
 
     Call with frames (B, T, H, W, 3) uint8 on any device and the collated records (`pack_draw`) left on the CPU,
+    k per clip (--num_sample k, a clip's views adjacent: its frames are expanded here, on the device),
     as the loader gives them: the grouping by op reads them there, and what the device needs goes to it through
     pinned memory, so the call does not wait for the device. Returns (B, 3, T, S, S) float32, ImageNet-normalised,
     S = input_size.
@@ -186,7 +190,9 @@ class DeviceAugment:
 
     def __call__(self, frames: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         params = {k: v.cpu() for k, v in params.items()}
-        x = frames.permute(0, 4, 1, 2, 3).contiguous()  # (B, 3, T, H, W)
+        x = frames.permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
+        views = len(params["op"]) // len(frames)  # --num_sample: the loader sends each clip's frames once
+        x = (x.repeat_interleave(views, dim=0) if views > 1 else x).contiguous()
         for layer in range(params["op"].shape[1]):
             # One group per op and interpolation: its clips go through the op in one batched call.
             key = params["op"][:, layer] * 8 + params["resample"][:, layer]

@@ -95,6 +95,9 @@ def add_run_arguments(groups: Groups) -> None:
     add("--start_epoch", default=0, type=int, help="first epoch when not resuming")
     ours("--save_every_steps", default=0, type=int, metavar="N",
          help="also write checkpoint-last.pth every N optimizer steps, to resume mid-epoch (0: at epoch ends)")
+    ours("--log_every", default=10, type=int, metavar="N",
+         help="read the loss, gradient norm and loss scale from the device every N optimizer steps (the meters and "
+              "TensorBoard still get every step's values)")
     ours("--keep_last_ckpts", default=0, type=int, metavar="N",
          help="keep only the newest N checkpoint-<epoch>.pth (0: all)")
     add("--num_workers", default=10, type=int, help="data loader worker processes per process")

@@ -200,8 +200,9 @@ class ClipDataset(torch.utils.data.Dataset):
     step is 0, so every crop is the whole frame (docs/ARCHITECTURE.md, "Quirks of the original code") and is
     computed once.
     A clip is float32 (3, T, H, W), ImageNet-normalised. With augment_on "device", a training item is
-    `(frames, params, label)` (views: lists of each): the uint8 (T, short_side_size, short_side_size, 3) frames and
-    the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to apply to the batch.
+    `(frames, params, label)` (views: `[frames]` once, lists of the rest): the uint8 (T, short_side_size,
+    short_side_size, 3) frames and the augmentation's draw (`augment_device.pack_draw`), for `device_augment()` to
+    apply to the batch.
 
     With `seed`, a train / validation item's random draws depend only on (seed, epoch, index) (`set_epoch`), not on
     the worker or on earlier items: a resumed run sees the same clips. With `skip_bad`, an unreadable entry gives a
@@ -262,7 +263,7 @@ class ClipDataset(torch.utils.data.Dataset):
             clip = torch.from_numpy(frames[inverse])
             if self.num_sample == 1:
                 return clip, views[0], entry.label
-            return [clip] * self.num_sample, views, [entry.label] * self.num_sample
+            return [clip], views, [entry.label] * self.num_sample  # the frames once, for every view's draw
         if self.num_sample == 1:
             return self._augment(frames, inverse), entry.label
         return [self._augment(frames, inverse) for _ in range(self.num_sample)], [entry.label] * self.num_sample

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +18,9 @@ from timm.utils import AverageMeter
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 import preemption
-import utils
+import schedules
 from metrics import classification_metrics
 
 
@@ -49,7 +50,7 @@ def epoch_stats(meters: dict[str, AverageMeter]) -> dict[str, float]:
     every process: they agree on each step)."""
     names = [name for name in meters if name != "skipped_steps"]
     totals = torch.tensor([[meters[n].sum, meters[n].count] for n in names], dtype=torch.float64,
-                          device=utils.collective_device())
+                          device=distributed.collective_device())
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     stats = {name: float(total / count) if count else float("nan")
@@ -77,7 +78,7 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, global_step: int, schedule: utils.Schedule | None) -> None:
+def apply_schedules(optimizer: torch.optim.Optimizer, global_step: int, schedule: schedules.Schedule | None) -> None:
     """The step's learning rate (times a group's lr_scale) and weight decay (groups that decay)."""
     if schedule is None:
         return
@@ -87,71 +88,173 @@ def apply_schedules(optimizer: torch.optim.Optimizer, global_step: int, schedule
             group["weight_decay"] = float(schedule.weight_decay[global_step])
 
 
+@dataclass(frozen=True)
+class StepRecipe:
+    """How a training step runs: precision and loss scaler, schedule, accumulation, clipping, EMA, mixup, device
+    augmentation, and every how many optimizer steps the device's values are read (`StepLog`)."""
+
+    precision: Precision = FLOAT32
+    schedule: schedules.Schedule | None = None
+    update_freq: int = 1
+    max_norm: float | None = None
+    model_ema: nn.Module | None = None
+    mixup_fn: Callable | None = None
+    augment: Callable | None = None  # augment_device.DeviceAugment (--augment_on device)
+    log_every: int = 10
+
+
+PLAIN_STEPS = StepRecipe()  # float32, no schedule, accumulation, clipping, EMA, mixup or device augmentation
+
+
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                   max_norm: float | None) -> float | None:
-    """Unscale, clip to max_norm (or only measure) the gradient norm, step. Under fp16 the scaler skips a step whose
-    gradients overflowed and lowers its scale: then None, else the gradient norm."""
+                   max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unscale, clip to max_norm (or only measure) the gradient norm, step. Returns the gradient norm and, under
+    fp16, whether the scaler skipped the step (its gradients overflowed, it lowered its scale), both on the device.
+    (torch's GradScaler.step itself reads its overflow flag on the host unless the optimizer is fused.)"""
     if scaler is not None:
         scaler.unscale_(optimizer)
     parameters = [p for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm else float("inf")).item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm else float("inf")).detach()
     if scaler is None:
         optimizer.step()
-        return grad_norm
-    scale = scaler.get_scale()
+        return grad_norm, None
+    before = scaler._get_scale_async().clone()
     scaler.step(optimizer)
     scaler.update()
-    return None if scaler.get_scale() < scale else grad_norm
+    return grad_norm, scaler._get_scale_async() < before
 
 
-def skip_scaled_step(scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
-    """What GradScaler does with an overflow, for a step whose loss was already non-finite: no update, a smaller
-    scale. (`scale` first: the scaler makes its scale lazily, and `update` before any `scale` would fail.)"""
-    scaler.scale(loss)
-    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+def poisoned(loss: torch.Tensor) -> torch.Tensor:
+    """The loss times exactly 1, or NaN where it is not finite: its backward then leaves every gradient non-finite,
+    so the fp16 scaler skips the step on every process (DDP averages the NaN in) without a host read."""
+    return loss * torch.where(torch.isfinite(loss), 1.0, float("nan"))
+
+
+def all_reduce_gradients(model: nn.Module) -> None:
+    """Average the accumulated gradients over the processes, as DDP's all-reduce does: for an optimizer step whose
+    every synchronised micro-batch was skipped (no process-wide clips), so that no process applies its own."""
+    world = torch.distributed.get_world_size()
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            torch.distributed.all_reduce(parameter.grad.div_(world))
+
+
+_HOST_GROUP: tuple = (None, None)  # (the default group, its gloo twin)
+
+
+def host_group():
+    """A gloo group of every process, for collectives of host values: its all-reduce neither waits for nor occupies
+    a device. None with one process; made once per default group (a collective: every process calls it)."""
+    global _HOST_GROUP
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return None
+    world = torch.distributed.group.WORLD
+    if _HOST_GROUP[0] is not world:
+        _HOST_GROUP = (world, torch.distributed.new_group(backend="gloo"))
+    return _HOST_GROUP[1]
 
 
 class StepAgreement:
-    """What the processes of a run must agree on at every micro-batch, so that all take the same path.
+    """What the processes of a run agree on before each micro-batch, so that all take the same path.
 
-    `before_forward`: does every process have clips, did any meet more unreadable ones than allowed (then all
-    raise, listing everyone's), and did any receive a stop signal (then `stop`: preemption.py)? `after_forward`: is
-    every loss finite? One small all-reduce / all-gather each; a one-process run makes none.
+    `before_forward`: does every process have clips, did any meet more unreadable ones than allowed (then all raise,
+    listing everyone's), and is any further flag of the caller's (e.g. a stop request) set on some process? Host
+    values, any-reduced in one all-reduce on a CPU group (`host_group`): no process waits for its device, and a
+    one-process run makes no collective at all.
     """
 
     def __init__(self):
-        self.device = utils.collective_device()
-        self.distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-        self.stop = False  # some process received a stop signal (as of the last before_forward)
+        self.group = host_group()
 
-    def before_forward(self, has_data: bool, bad_samples) -> bool:
-        """True when every process has clips for this micro-batch (else all skip it)."""
+    def any(self, **flags: bool) -> dict[str, bool]:
+        """Each flag: set on some process."""
+        if self.group is None:
+            return flags
+        values = torch.tensor([int(v) for v in flags.values()], dtype=torch.int32)
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return {name: bool(v) for name, v in zip(flags, values.tolist())}
+
+    def before_forward(self, has_data: bool, bad_samples, **flags: bool) -> dict[str, bool]:
+        """"train": every process has clips for this micro-batch (else all skip it); then each of `flags`."""
         exceeded = bad_samples is not None and bad_samples.exceeded
-        if not self.distributed:
-            self.stop = preemption.requested()
-            if exceeded:
+        agreed = self.any(missing=not has_data, exceeded=exceeded, **flags)
+        if agreed.pop("exceeded"):
+            if self.group is None:
                 bad_samples.check()
-            return has_data
-        flags = torch.tensor([int(not has_data), int(exceeded), int(preemption.requested())], device=self.device)
-        torch.distributed.all_reduce(flags)
-        missing, exceeded_anywhere, stop = flags.tolist()
-        self.stop = stop > 0
-        if exceeded_anywhere:
-            seen = {k: v for rank_seen in utils.all_gather_objects(bad_samples.seen) for k, v in rank_seen.items()}
-            bad_samples.check(seen)
-        return missing == 0
+            else:
+                bad_samples.check({k: v for rank_seen in distributed.all_gather_objects(bad_samples.seen)
+                                   for k, v in rank_seen.items()})
+        return {"train": not agreed.pop("missing"), **agreed}
 
-    def after_forward(self, loss_value: float) -> tuple[float, int | None]:
-        """The first non-finite loss over the processes and its rank (None: every loss is finite)."""
-        if not self.distributed:
-            return loss_value, None if math.isfinite(loss_value) else 0
-        values = torch.tensor([loss_value], dtype=torch.float64, device=self.device)
-        gathered = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather(gathered, values)
-        for rank, value in enumerate(torch.cat(gathered).tolist()):
-            if not math.isfinite(value):
-                return value, rank
-        return loss_value, None
+    def first(self, found: tuple[int, int, float] | None) -> tuple[int, int, float, int] | None:
+        """The earliest of every process's `found` (step, global step, value) and its rank, or None."""
+        if self.group is None:
+            return None if found is None else (*found, 0)
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, found, group=self.group)
+        hits = [(*f, rank) for rank, f in enumerate(gathered) if f is not None]
+        return min(hits) if hits else None
+
+
+class StepLog:
+    """Each step's loss, loss scale and gradient norm, kept on the device and read in one host read every
+    `every` optimizer steps (`flush`), then given in order to `replay` (the meters, the progress bar, TensorBoard).
+
+    With `stop_on_non_finite`, a flush that finds a non-finite loss on any process raises NonFiniteLossError on
+    every process, naming the step where it first appeared (all processes flush after the same steps).
+    """
+
+    def __init__(self, replay: Callable[[dict], None], *, epoch: int, every: int, agreement: StepAgreement,
+                 stop_on_non_finite: bool):
+        self.replay, self.epoch, self.every, self.agreement = replay, epoch, max(every, 1), agreement
+        self.stop_on_non_finite = stop_on_non_finite
+        self.records: list[dict] = []
+        self.steps = 0
+
+    def add(self, record: dict) -> None:
+        """A (micro-)step's values: host numbers, and tensors on the device to be read at the next flush."""
+        self.records.append(record)
+
+    def end_of_step(self, *, flush_now: bool = False) -> None:
+        """An optimizer step ended: flush every `every` steps (or now, e.g. before a checkpoint)."""
+        self.steps += 1
+        if flush_now or self.steps % self.every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        records, self.records = read_device_values(self.records), []
+        if self.stop_on_non_finite:
+            found = next(((r["step"], r["global_step"], r["loss"]) for r in records
+                          if r.get("loss") is not None and not math.isfinite(r["loss"])), None)
+            first = self.agreement.first(found)
+            if first is not None:
+                step, global_step, value, rank = first
+                raise NonFiniteLossError(non_finite_message(value, rank, self.epoch, step, global_step))
+        for record in records:
+            self.replay(record)
+
+
+def read_device_values(records: list[dict]) -> list[dict]:
+    """The records with their tensors replaced by Python floats: one host read for all of them."""
+    keys = [(i, k) for i, record in enumerate(records) for k, v in record.items() if isinstance(v, torch.Tensor)]
+    if not keys:
+        return records
+    values = torch.stack([records[i][k].detach().reshape(()).double() for i, k in keys]).tolist()
+    records = [dict(record) for record in records]
+    for (i, k), value in zip(keys, values):
+        records[i][k] = value
+    return records
+
+
+def schedule_values(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The step's learning rates (largest and smallest over the groups) and weight decay."""
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    return {"lr": max(lrs), "min_lr": min(lrs), "weight_decay": max(g["weight_decay"] for g in optimizer.param_groups)}
+
+
+def scale_of(scaler: torch.amp.GradScaler | None) -> torch.Tensor | float:
+    """The loss scale, on the device (1.0 without loss scaling)."""
+    return 1.0 if scaler is None else scaler._get_scale_async().clone()
 
 
 def sync_buffers(model: nn.Module) -> None:
@@ -167,112 +270,180 @@ def non_finite_message(value: float, rank: int, epoch: int, step: int, global_st
     return f"loss is {value}{where} at epoch {epoch}, step {step} (global step {global_step})"
 
 
+@dataclass
+class Batch:
+    """A training batch as the step uses it: its tensors on the device (the augmentation's records stay on the
+    host), the clip count known on the host, and its unreadable entries."""
+
+    samples: torch.Tensor
+    targets: torch.Tensor
+    params: dict | None
+    bad: list
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def to_device(batch, device: torch.device, fields: int) -> Batch:
+    """A loader batch (`fields` tensors, maybe a trailing list of unreadable entries) with its clips and targets sent
+    to the device (non-blocking: from pinned memory the copy does not wait)."""
+    bad = batch[-1] if len(batch) in (1, fields + 1) else []
+    if len(batch) in (0, 1):
+        return Batch(torch.empty(0), torch.empty(0), None, bad)
+    samples, targets = batch[0].to(device, non_blocking=True), batch[fields - 1].to(device, non_blocking=True)
+    return Batch(samples, targets, batch[1] if fields == 3 else None, bad)
+
+
+def prefetched(batches: Iterable, prepare: Callable, device: torch.device) -> Iterator:
+    """`prepare(batch)` of each batch. On CUDA the next batch is prepared (its host work, and its copies on a side
+    stream) before the current one is given: its host-to-device copy overlaps the current step."""
+    if device.type != "cuda":
+        yield from map(prepare, batches)
+        return
+    stream, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    pending = None
+    for batch in batches:
+        with torch.cuda.stream(stream):
+            prepared = prepare(batch)
+            ready = stream.record_event()
+        if pending is not None:
+            yield _arrived(*pending, current)
+        pending = prepared, ready
+    if pending is not None:
+        yield _arrived(*pending, current)
+
+
+def _arrived(prepared, ready: torch.cuda.Event, current: torch.cuda.Stream):
+    """The prepared batch, once its copies are done (the compute stream waits, not the host)."""
+    current.wait_event(ready)
+    for value in vars(prepared).values():
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            value.record_stream(current)  # its memory is not reused while the compute stream still reads it
+    return prepared
+
+
+def forward_backward(model: nn.Module, batch: Batch, criterion: Callable, recipe: StepRecipe, *,
+                     sync: bool) -> torch.Tensor:
+    """Augment (on the device), mix, forward, loss and backward (scaled under fp16, divided by update_freq; DDP's
+    all-reduce only with `sync`). Returns the loss, on the device."""
+    samples, targets = batch.samples, batch.targets
+    if recipe.augment is not None:
+        samples = recipe.augment(samples, batch.params)
+    if recipe.mixup_fn is not None:
+        if len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one
+            samples, targets = samples[:-1], targets[:-1]
+        # timm's Mixup cuts one box per batch out of (B, C, H, W): viewing the clip's channels and frames as one axis
+        # applies the same box to every frame, as the video mixup of the original.
+        mixed, targets = recipe.mixup_fn(samples.flatten(1, 2), targets)
+        samples = mixed.view_as(samples)
+    scaler = recipe.precision.scaler
+    with contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync():
+        with recipe.precision.autocast(samples.device):
+            loss = criterion(model(samples), targets)
+        scaled = loss / recipe.update_freq
+        (scaler.scale(poisoned(scaled)) if scaler is not None else scaled).backward()
+    return loss.detach()
+
+
+def finish_step(model: nn.Module, optimizer: torch.optim.Optimizer, recipe: StepRecipe, *, trained: bool,
+                synced: bool) -> dict:
+    """The optimizer step that ends an accumulation (none if no micro-batch trained): gradients averaged over the
+    processes if no synchronised backward did it, unscale, clip, step, EMA. Returns the step's record fields."""
+    if not trained:
+        return {"trained": False}
+    if not synced and torch.distributed.is_initialized() and hasattr(model, "no_sync"):
+        all_reduce_gradients(model)
+    scaler = recipe.precision.scaler
+    grad_norm, skipped = optimizer_step(model, optimizer, scaler, recipe.max_norm)
+    # The EMA follows applied steps only; under fp16 whether one was applied is a host read (GradScaler made one).
+    if recipe.model_ema is not None and (skipped is None or not skipped.item()):
+        recipe.model_ema.update(model)
+    return {"trained": True, "grad_norm": grad_norm, "skipped": 0.0 if skipped is None else skipped}
+
+
 def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, epoch: int, criterion: Callable,
-                    precision: Precision = FLOAT32, schedule: utils.Schedule | None = None,
+                    device: torch.device, *, epoch: int, criterion: Callable, recipe: StepRecipe = PLAIN_STEPS,
                     global_step_offset: int = 0, resume_step: int = 0, meters: dict[str, AverageMeter] | None = None,
-                    update_freq: int = 1, max_norm: float | None = None, model_ema=None, mixup_fn=None,
-                    log_writer=None, on_step: Callable | None = None, bad_samples=None,
-                    augment: Callable | None = None) -> dict[str, float]:
+                    log_writer=None, on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
     """One epoch of (mixup) training with per-step LR / weight-decay schedules and gradient accumulation.
 
-    With `augment` (`--augment_on device`: augment_device.DeviceAugment) the loader gives uint8 clips and their
-    drawn augmentation parameters, augmented here, on the device, before mixup.
-
-    Resuming: the loader yields what is left of the epoch after `resume_step` optimizer steps and `meters` holds
-    their averages. `on_step(step, meters)` runs after each optimizer step (e.g. a checkpoint). Batches from a
-    dataset with skip_bad end with their unreadable entries, handed to `bad_samples`. Under fp16 loss scaling a
-    step with a non-finite loss or gradient is skipped and counted (skipped_steps), as GradScaler does; otherwise
-    a non-finite loss raises NonFiniteLossError. Gradients are all-reduced once per optimizer step (DDP's
-    `no_sync` on the other micro-batches). Returns the epoch averages over every process. When a process received
-    a stop signal, every process raises preemption.StopRequested at the same step boundary.
+    With `recipe.augment` (`--augment_on device`) the loader gives uint8 clips and their drawn augmentation
+    parameters, augmented here, on the device, before mixup. Resuming: the loader yields what is left of the epoch
+    after `resume_step` optimizer steps and `meters` holds their averages. `on_step(step, meters)` runs after an
+    optimizer step (e.g. a checkpoint): after every one, or, if it has a `due(step)` method, after those it is due.
+    Unreadable entries of a batch go to `bad_samples`. Under fp16 loss scaling a step with a non-finite loss or
+    gradient is skipped and counted (skipped_steps), as GradScaler does; otherwise a non-finite loss raises
+    NonFiniteLossError within `recipe.log_every` steps, before any `on_step`. Gradients are all-reduced once per
+    optimizer step. Returns the epoch averages over every process. When a process received a stop signal, every
+    process raises preemption.StopRequested at the same step boundary.
     """
     model.train()
     meters = meters or new_meters()
-    scaler = precision.scaler
-    agreement = StepAgreement()
-    optimizer.zero_grad()
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+    update_freq, agreement = recipe.update_freq, StepAgreement()
+    log = StepLog(lambda record: replay_finetune(meters, record, progress, log_writer), epoch=epoch,
+                  every=recipe.log_every, agreement=agreement, stop_on_non_finite=recipe.precision.scaler is None)
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not distributed.is_main_process(), dynamic_ncols=True,
                     initial=resume_step * update_freq, total=resume_step * update_freq + len(data_loader))
-    skip = False  # this optimizer step met a non-finite loss under loss scaling
-    trained = False  # some micro-batch of this optimizer step had clips on every process
-    steps_per_epoch = schedule.steps_per_epoch if schedule is not None else None
-    for micro_step, batch in enumerate(progress, resume_step * update_freq):
-        if augment is None:
-            samples, targets = unpack_batch(batch, 2, bad_samples)
-            params = None
-        else:
-            samples, params, targets = unpack_batch(batch, 3, bad_samples)
+    steps_per_epoch = recipe.schedule.steps_per_epoch if recipe.schedule is not None else None
+    fields = 2 if recipe.augment is None else 3
+    optimizer.zero_grad()
+    trained = synced = False  # in this optimizer step: a micro-batch trained; a backward all-reduced the gradients
+    batches = prefetched(progress, lambda batch: to_device(batch, device, fields), device)
+    for micro_step, batch in enumerate(batches, resume_step * update_freq):
+        if bad_samples is not None:
+            bad_samples.record(batch.bad)
         step = micro_step // update_freq
         if steps_per_epoch is not None and step >= steps_per_epoch:
             continue
-        global_step = global_step_offset + step
-        last_micro_step = (micro_step + 1) % update_freq == 0
+        global_step, last = global_step_offset + step, (micro_step + 1) % update_freq == 0
         if micro_step % update_freq == 0:
-            apply_schedules(optimizer, global_step, schedule)
-
-        loss_value = float("nan")
-        if mixup_fn is not None and len(samples) % 2:  # timm's batch mixup pairs clips: drop one after a skipped one
-            samples, targets = samples[:-1], targets[:-1]
-            params = None if params is None else {k: v[:-1] for k, v in params.items()}
-        ready = agreement.before_forward(len(samples) > 0, bad_samples)
-        if agreement.stop and micro_step % update_freq == 0:  # every process stops before this step
+            apply_schedules(optimizer, global_step, recipe.schedule)
+        record = {"step": step, "global_step": global_step, "last": last, "loss": None, **schedule_values(optimizer)}
+        clips = len(batch) - (len(batch) % 2 if recipe.mixup_fn is not None else 0)  # mixup pairs them
+        agreed = agreement.before_forward(clips > 0, bad_samples, stop=preemption.requested())
+        if agreed["stop"] and micro_step % update_freq == 0:  # every process stops before this optimizer step
+            log.flush()
             raise preemption.StopRequested(step, meters)
-        if ready:
-            trained = True
-            samples = samples.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if augment is not None:
-                samples = augment(samples, params)
-            if mixup_fn is not None:
-                # timm's Mixup cuts one box per batch out of (B, C, H, W): viewing the clip's channels and frames as
-                # one axis applies the same box to every frame, as the video mixup of the original.
-                mixed, targets = mixup_fn(samples.flatten(1, 2), targets)
-                samples = mixed.view_as(samples)
-            sync = last_micro_step or not hasattr(model, "no_sync")
-            with contextlib.nullcontext() if sync else model.no_sync():
-                with precision.autocast(device):
-                    loss = criterion(model(samples), targets)
-                loss_value = loss.item()
-                bad_value, bad_rank = agreement.after_forward(loss_value)
-                if bad_rank is not None:
-                    if scaler is None:
-                        raise NonFiniteLossError(non_finite_message(bad_value, bad_rank, epoch, step, global_step))
-                    if not skip:
-                        skip_scaled_step(scaler, loss)
-                    skip = True
-                if not skip:
-                    loss = loss / update_freq
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-        if last_micro_step:
-            grad_norm = optimizer_step(model, optimizer, scaler, max_norm) if trained and not skip else None
-            if grad_norm is None:
-                meters["skipped_steps"].update(1)
-            else:
-                if model_ema is not None:
-                    model_ema.update(model)
-                meters["grad_norm"].update(grad_norm)
+        if agreed["train"]:
+            sync = last or not hasattr(model, "no_sync")
+            record["loss"] = forward_backward(model, batch, criterion, recipe, sync=sync)
+            trained, synced = True, synced or sync
+        if last:
+            record.update(finish_step(model, optimizer, recipe, trained=trained, synced=synced))
             optimizer.zero_grad()
-            skip = trained = False
-
-        if math.isfinite(loss_value):
-            meters["loss"].update(loss_value)
-            meters["loss_scale"].update(scaler.get_scale() if scaler is not None else 1.0)
-            lrs = [g["lr"] for g in optimizer.param_groups]
-            meters["lr"].update(max(lrs))
-            meters["min_lr"].update(min(lrs))
-            meters["weight_decay"].update(max(g["weight_decay"] for g in optimizer.param_groups))
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{max(lrs):.2e}")
-            if log_writer is not None:
-                for name, value in (("loss/loss", loss_value), ("opt/lr", max(lrs)), ("opt/min_lr", min(lrs)),
-                                    ("opt/loss_scale", meters["loss_scale"].val),
-                                    ("opt/weight_decay", meters["weight_decay"].val),
-                                    ("opt/grad_norm", meters["grad_norm"].val)):
-                    log_writer.add_scalar(name, value, global_step)
-        if on_step is not None and last_micro_step:
-            on_step(step + 1, meters)
+            trained = synced = False
+        record["scale"] = scale_of(recipe.precision.scaler) if record["loss"] is not None else None
+        log.add(record)
+        if last:
+            due = on_step is not None and getattr(on_step, "due", lambda _: True)(step + 1)
+            log.end_of_step(flush_now=due)
+            if due:
+                on_step(step + 1, meters)
+    log.flush()
     sync_buffers(model)
     return epoch_stats(meters)
+
+
+def replay_finetune(meters: dict[str, AverageMeter], record: dict, progress, log_writer) -> None:
+    """A read micro-step into the meters (its optimizer step's outcome first), the progress bar and TensorBoard."""
+    if record["last"]:
+        if record["trained"] and not record["skipped"]:
+            meters["grad_norm"].update(record["grad_norm"])
+        else:
+            meters["skipped_steps"].update(1)
+    loss = record["loss"]
+    if loss is None or not math.isfinite(loss):
+        return
+    for name, key in (("loss", "loss"), ("loss_scale", "scale"), ("lr", "lr"), ("min_lr", "min_lr"),
+                      ("weight_decay", "weight_decay")):
+        meters[name].update(record[key])
+    progress.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+    if log_writer is not None:
+        for name, value in (("loss/loss", loss), ("opt/lr", record["lr"]), ("opt/min_lr", record["min_lr"]),
+                            ("opt/loss_scale", meters["loss_scale"].val),
+                            ("opt/weight_decay", meters["weight_decay"].val),
+                            ("opt/grad_norm", meters["grad_norm"].val)):
+            log_writer.add_scalar(name, value, record["global_step"])
 
 
 def unpack_batch(batch, fields: int, bad_samples) -> tuple:
@@ -305,7 +476,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
     unreadable can skip it. `pad_to`: see `padded_forward`."""
     model.eval()
     records = []
-    for batch in tqdm(data_loader, desc="validation", disable=not utils.is_main_process(), dynamic_ncols=True):
+    for batch in tqdm(data_loader, desc="validation", disable=not distributed.is_main_process(), dynamic_ncols=True):
         samples, targets, ids = unpack_batch(batch, 3, bad_samples)
         if not len(samples):
             continue
@@ -321,7 +492,7 @@ def evaluate(data_loader: Iterable, model: nn.Module, device: torch.device, *, n
         StepAgreement().before_forward(True, bad_samples)
     # Gather every rank's clips and drop the duplicates a DistributedSampler pads with.
     unique = {}
-    for rank_records in utils.all_gather_objects(records):
+    for rank_records in distributed.all_gather_objects(records):
         for clip_id, label, loss, ranked in rank_records:
             unique.setdefault(clip_id, (label, loss, ranked))
     labels = np.array([v[0] for v in unique.values()])
@@ -344,7 +515,7 @@ def predict_views(data_loader: Iterable, model: nn.Module, device: torch.device,
     model.eval()
     records = []
     for samples, targets, ids, chunks, num_crops in tqdm(data_loader, desc="test", dynamic_ncols=True,
-                                                         disable=not utils.is_main_process()):
+                                                         disable=not distributed.is_main_process()):
         with precision.autocast(device):
             logits = padded_forward(model, samples.to(device, non_blocking=True), pad_to)
         probs = torch.softmax(logits.double(), dim=1).cpu().numpy()

@@ -18,10 +18,9 @@ from timm.utils import AverageMeter
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 import engine
 import preemption
-import utils
-from engine import NonFiniteLossError
 from modeling_pretrain import gather_tokens, split_tokens
 
 PATCHES = "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c"
@@ -101,69 +100,102 @@ def split_samples(videos: torch.Tensor, mask: torch.Tensor, num_samples: int) ->
     return videos, mask.repeat_interleave(num_samples, dim=0)
 
 
+@dataclass
+class PretrainBatch:
+    """A pretraining batch as the step uses it: videos and masks on the device, the visible tokens per clip counted
+    on the host from the loader's masks (the device waits for nothing), and the batch's unreadable entries."""
+
+    videos: torch.Tensor
+    mask: torch.Tensor
+    num_visible: int
+    bad: list
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+
+def to_device(batch, device: torch.device) -> PretrainBatch:
+    """A loader batch (videos, masks, maybe a trailing list of unreadable entries) with its tensors sent to the
+    device (non-blocking)."""
+    bad = batch[-1] if len(batch) in (1, 3) else []
+    if len(batch) in (0, 1):
+        return PretrainBatch(torch.empty(0), torch.empty(0), 0, bad)
+    videos, mask = batch[0], batch[1]
+    return PretrainBatch(videos.to(device, non_blocking=True), mask.to(device, non_blocking=True),
+                         visible_count(mask), bad)
+
+
+def pretrain_step(model: nn.Module, batch: PretrainBatch, optimizer: torch.optim.Optimizer, *, objective: Objective,
+                  recipe: engine.StepRecipe, num_samples: int) -> dict:
+    """Targets, forward, loss, backward and the optimizer step; returns the step's record fields (on the device)."""
+    videos, mask = split_samples(batch.videos, batch.mask, num_samples)
+    target = objective.targets(videos, mask, batch.num_visible)
+    with recipe.precision.autocast(videos.device):
+        loss = objective.loss(model(videos, mask, batch.num_visible), target)
+    scaler = recipe.precision.scaler
+    optimizer.zero_grad()
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    grad_norm, skipped = engine.optimizer_step(model, optimizer, scaler, recipe.max_norm)
+    return {"trained": True, "loss": loss.detach(), "grad_norm": grad_norm,
+            "skipped": 0.0 if skipped is None else skipped, "scale": engine.scale_of(scaler)}
+
+
 def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, epoch: int, objective: Objective,
-                    precision: engine.Precision = engine.FLOAT32, schedule: utils.Schedule | None = None,
-                    global_step_offset: int = 0, resume_step: int = 0, meters: dict[str, AverageMeter] | None = None,
-                    num_samples: int = 1, max_norm: float | None = None, log_writer=None,
-                    on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
+                    recipe: engine.StepRecipe = engine.PLAIN_STEPS, global_step_offset: int = 0,
+                    resume_step: int = 0, meters: dict[str, AverageMeter] | None = None, num_samples: int = 1,
+                    log_writer=None, on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
     """One pretraining epoch with per-step LR / weight-decay schedules; returns the epoch averages over all ranks.
 
     Resuming: the loader yields what is left of the epoch after `resume_step` steps and `meters` holds their
-    averages; `on_step(step, meters)` runs after every step (e.g. a checkpoint). Unreadable videos of a batch
-    (a dataset with skip_bad) go to `bad_samples`; the step trains on the others (all processes skip a step in
-    which one of them has none). A non-finite loss on any process raises NonFiniteLossError on all of them,
-    naming the step and the loss; under fp16 the grad scaler skips steps whose gradients overflow (counted in
-    `skipped_steps`), as the original's scaler does. When a process received a stop signal, every process raises
-    preemption.StopRequested at the same step boundary.
+    averages; `on_step(step, meters)` runs after a step (e.g. a checkpoint; see `engine.train_one_epoch`).
+    Unreadable videos of a batch go to `bad_samples`; the step trains on the others (all processes skip a step in
+    which one of them has none). A non-finite loss on any process raises NonFiniteLossError on all of them within
+    `recipe.log_every` steps, naming the step and the loss; under fp16 the grad scaler skips steps whose gradients
+    overflow (counted in `skipped_steps`), as the original's scaler does. When a process received a stop signal,
+    every process raises preemption.StopRequested at the same step boundary.
     """
     model.train()
     meters = meters or engine.new_meters()
-    scaler = precision.scaler
     agreement = engine.StepAgreement()
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not utils.is_main_process(), dynamic_ncols=True,
+    log = engine.StepLog(lambda record: replay(meters, record, progress, log_writer), epoch=epoch,
+                         every=recipe.log_every, agreement=agreement, stop_on_non_finite=True)
+    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not distributed.is_main_process(), dynamic_ncols=True,
                     initial=resume_step, total=resume_step + len(data_loader))
-    for step, batch in enumerate(progress, resume_step):
+    batches = engine.prefetched(progress, lambda batch: to_device(batch, device), device)
+    for step, batch in enumerate(batches, resume_step):
+        if bad_samples is not None:
+            bad_samples.record(batch.bad)
         global_step = global_step_offset + step
-        videos, mask = engine.unpack_batch(batch, 2, bad_samples)
-        ready = agreement.before_forward(len(videos) > 0, bad_samples)
-        if agreement.stop:  # every process stops before this step
+        record = {"step": step, "global_step": global_step, "trained": False}
+        agreed = agreement.before_forward(len(batch) > 0, bad_samples, stop=preemption.requested())
+        if agreed["stop"]:  # every process stops before this step
+            log.flush()
             raise preemption.StopRequested(step, meters)
-        if not ready:  # a process's videos were all unreadable
-            meters["skipped_steps"].update(1)
-            if on_step is not None:
-                on_step(step + 1, meters)
-            continue
-        engine.apply_schedules(optimizer, global_step, schedule)
-        num_visible = visible_count(mask)  # on the host, from the loader's mask: the device waits for nothing
-        videos, mask = split_samples(videos.to(device, non_blocking=True), mask.to(device, non_blocking=True),
-                                     num_samples)
-        target = objective.targets(videos, mask, num_visible)
-        with precision.autocast(device):
-            loss = objective.loss(model(videos, mask, num_visible), target)
-        loss_value = loss.item()
-        bad_value, bad_rank = agreement.after_forward(loss_value)
-        if bad_rank is not None:
-            raise NonFiniteLossError(engine.non_finite_message(bad_value, bad_rank, epoch, step, global_step))
-
-        optimizer.zero_grad()
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        grad_norm = engine.optimizer_step(model, optimizer, scaler, max_norm)
-        if grad_norm is None:
-            meters["skipped_steps"].update(1)
-
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        values = dict(loss=loss_value, loss_scale=scaler.get_scale() if scaler is not None else 1.0, lr=max(lrs),
-                      min_lr=min(lrs), weight_decay=max(g["weight_decay"] for g in optimizer.param_groups),
-                      grad_norm=grad_norm)
-        for name, value in values.items():
-            if value is not None:
-                meters[name].update(value)
-        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{max(lrs):.2e}")
-        if log_writer is not None:
-            for name, value in values.items():
-                if value is not None:
-                    log_writer.add_scalar(("loss/" if name == "loss" else "opt/") + name, value, global_step)
-        if on_step is not None:
+        if agreed["train"]:  # else a process's videos were unreadable
+            engine.apply_schedules(optimizer, global_step, recipe.schedule)
+            record.update(pretrain_step(model, batch, optimizer, objective=objective, recipe=recipe,
+                                        num_samples=num_samples), **engine.schedule_values(optimizer))
+        log.add(record)
+        due = on_step is not None and getattr(on_step, "due", lambda _: True)(step + 1)
+        log.end_of_step(flush_now=due)
+        if due:
             on_step(step + 1, meters)
+    log.flush()
     return engine.epoch_stats(meters)
+
+
+def replay(meters: dict[str, AverageMeter], record: dict, progress, log_writer) -> None:
+    """A read step into the meters, the progress bar and TensorBoard."""
+    if not record["trained"] or record["skipped"]:
+        meters["skipped_steps"].update(1)
+    if not record["trained"]:
+        return
+    values = dict(loss=record["loss"], loss_scale=record["scale"], lr=record["lr"], min_lr=record["min_lr"],
+                  weight_decay=record["weight_decay"], grad_norm=None if record["skipped"] else record["grad_norm"])
+    for name, value in values.items():
+        if value is not None:
+            meters[name].update(value)
+            if log_writer is not None:
+                log_writer.add_scalar(("loss/" if name == "loss" else "opt/") + name, value, record["global_step"])
+    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")

@@ -282,6 +282,9 @@ def train_epochs(args: argparse.Namespace, run: training.Run, fit: Fit, data: Tr
                  precision: engine.Precision, n_parameters: int) -> None:
     """The epochs from the resumed one on: train, validate (saving checkpoint-best), log, checkpoint."""
     device, state, steps = run.device, fit.state, fit.schedule.steps_per_epoch
+    recipe = engine.StepRecipe(precision, fit.schedule, update_freq=args.update_freq, max_norm=args.clip_grad,
+                               model_ema=fit.model_ema, mixup_fn=fit.mixup_fn, augment=data.augment,
+                               log_every=args.log_every)
     start = time.time()
     for epoch in range(state.start_epoch, args.epochs):
         resume_step = state.start_step if epoch == state.start_epoch else 0
@@ -291,10 +294,9 @@ def train_epochs(args: argparse.Namespace, run: training.Run, fit: Fit, data: Tr
         with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(fit.saver, epoch):
             train_stats = engine.train_one_epoch(
                 fit.train_model, data.loader, fit.optimizer, device, epoch=epoch, criterion=fit.criterion,
-                precision=precision, schedule=fit.schedule, global_step_offset=epoch * steps, resume_step=resume_step,
-                meters=state.meters if resume_step else None, update_freq=args.update_freq,
-                max_norm=args.clip_grad, model_ema=fit.model_ema, mixup_fn=fit.mixup_fn, log_writer=fit.log_writer,
-                on_step=fit.saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples, augment=data.augment)
+                recipe=recipe, global_step_offset=epoch * steps, resume_step=resume_step,
+                meters=state.meters if resume_step else None, log_writer=fit.log_writer,
+                on_step=fit.saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
         if data.val_loader is not None:
             log_stats.update(validate(args, fit, data, eval_model, precision, epoch, device))

@@ -231,16 +231,16 @@ def train_epoch(args: argparse.Namespace, run: training.Run, fit: Fit, loader: d
                 objective: engine_pretrain.Objective, precision: engine.Precision, epoch: int) -> dict:
     """One epoch (the rest of it when resumed part-way), then its checkpoint."""
     state, steps = fit.state, fit.schedule.steps_per_epoch
+    recipe = engine.StepRecipe(precision, fit.schedule, max_norm=args.clip_grad, log_every=args.log_every)
     resume_step = state.start_step if epoch == state.start_epoch else 0
     loader.sampler.set_epoch(epoch, start=resume_step * args.batch_size)  # this rank's clips already seen
     loader.dataset.set_epoch(epoch)
     with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(fit.saver, epoch):
         stats = engine_pretrain.train_one_epoch(
-            fit.train_model, loader, fit.optimizer, run.device, epoch=epoch, objective=objective, precision=precision,
-            schedule=fit.schedule, global_step_offset=epoch * steps, resume_step=resume_step,
+            fit.train_model, loader, fit.optimizer, run.device, epoch=epoch, objective=objective, recipe=recipe,
+            global_step_offset=epoch * steps, resume_step=resume_step,
             meters=state.meters if resume_step else None, num_samples=args.num_samples,
-            max_norm=args.clip_grad, log_writer=fit.log_writer, on_step=fit.saver.mid_epoch(epoch, steps),
-            bad_samples=state.bad_samples)
+            log_writer=fit.log_writer, on_step=fit.saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
     fit.saver.end_of_epoch(epoch)
     return stats
 

@@ -224,11 +224,16 @@ class Checkpointer:
         self.save(epoch, numbered=(epoch + 1) % self.save_ckpt_freq == 0 or epoch + 1 == self.epochs)
 
     def mid_epoch(self, epoch: int, steps_per_epoch: int) -> Callable[[int, dict[str, AverageMeter]], None]:
-        """The engine's on_step: checkpoint-last.pth every `save_every_steps` global steps inside the epoch."""
+        """The engine's on_step: checkpoint-last.pth every `save_every_steps` global steps inside the epoch. Its
+        `due(step)` names those steps, before which the engine reads the device's values into the meters."""
+        def due(step: int) -> bool:
+            return self.save_every_steps > 0 and step < steps_per_epoch and \
+                (epoch * steps_per_epoch + step) % self.save_every_steps == 0
+
         def on_step(step: int, meters: dict[str, AverageMeter]) -> None:
-            if self.save_every_steps > 0 and step < steps_per_epoch and \
-                    (epoch * steps_per_epoch + step) % self.save_every_steps == 0:
+            if due(step):
                 self.save(epoch, step=step, meters=meters)
+        on_step.due = due
         return on_step
 
 

@@ -10,15 +10,14 @@ The page cache is warm (the files were just written): a cold disk adds its seek 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common  # noqa: F401  (first: puts the repository on the path)
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_check import check_annotations
 
 

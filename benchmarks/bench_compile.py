@@ -19,22 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import timm
 import torch
+from common import FT_FULL, sync, write_result
+from torch._dynamo.utils import counters
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import timm  # noqa: E402
-from torch._dynamo.utils import counters  # noqa: E402
-
-import engine  # noqa: E402
-import modeling_finetune  # noqa: E402, F401  (registers the models)
-import training  # noqa: E402
+import engine
+import modeling_finetune  # noqa: F401  (registers the models)
+import training
 
 
 def demo_config() -> dict:
@@ -48,11 +43,6 @@ def demo_config() -> dict:
 
 
 VARIANTS = ("eager", "static + pad", "dynamic", "automatic")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def graphs() -> int:
@@ -118,8 +108,6 @@ def compile_rows(cfg: dict, device: torch.device, amp: str, train_batch: int, ev
 
 
 def main(args: argparse.Namespace) -> None:
-    from gpu_check import FT_FULL
-
     device = torch.device(args.device)
     cfg = FT_FULL if args.full else demo_config()
     amp = args.amp or ("bf16" if device.type == "cuda" else "none")
@@ -139,6 +127,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"{r['variant']:<13} {cells[0]:>22} {cells[1]:>22} {cells[2]:>24} {cells[3]:>24} "
               f"{r['clips_per_s']:>8} {r['eval_graphs']:>11}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print(f"written: {write_result('bench_compile', rows)}")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

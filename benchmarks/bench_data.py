@@ -5,7 +5,6 @@ in one run and repeated (median [min-max] over --repeats), per core (one process
 - loader: training clips/s and test views/s of the original-style loader and ours, with --augment_on workers
   (the whole augmentation in the worker) and device (the worker's part: decode, sample, resize, draw);
 - device augmentation: augment_device.DeviceAugment on the CPU, clips/s for batches of --batch;
-- JPEG decoders: OpenCV, PIL, torchvision.io.decode_jpeg, ms per frame, and whether their pixels equal PIL's;
 - resizing: the worker's decode alone and decode + resize, against the resize done on the device (here the CPU).
 `gpu_rows(device)` gives the rows a GPU check adds (loader with N workers feeding the device, batched
 decode_jpeg on the device, device augmentation); with --gpu_rows it runs here too (tiny on the CPU).
@@ -16,7 +15,7 @@ normalise, random resized crop, flip and the same-rectangle random erasing; its 
 frame of the clip for each view. It is a faithful stand-in, not the original code.
 
     python benchmarks/bench_data.py [--clips 12 --train_items 200 --test_items 100 --repeats 3]
-    python benchmarks/bench_data.py --sections decode resize        # only some sections
+    python benchmarks/bench_data.py --sections loader resize        # only some sections
     python benchmarks/bench_data.py --sections --gpu_rows --device cuda --workers 16 --batch 64   # GPU rows only
 """
 
@@ -28,8 +27,6 @@ import json
 import math
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,13 +35,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import machine, spread, sync, take_turns, write_result
 from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import default_collate
 from torchvision import transforms
 from torchvision.io import decode_jpeg, read_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import utils
 from datasets import (
     Annotation,
@@ -169,55 +166,6 @@ class OriginalStyle(torch.utils.data.Dataset):
                 return
 
 
-class _RNG:
-    """A loader's own numpy / random / torch random streams, swapped in while it runs."""
-
-    def __init__(self, seed: int):
-        np.random.seed(seed)
-        random.seed(seed)
-        torch.manual_seed(seed)
-        self.states = np.random.get_state(), random.getstate(), torch.get_rng_state()
-
-    def __enter__(self):
-        np.random.set_state(self.states[0])
-        random.setstate(self.states[1])
-        torch.set_rng_state(self.states[2])
-
-    def __exit__(self, *exc):
-        self.states = np.random.get_state(), random.getstate(), torch.get_rng_state()
-
-
-def throughput(loaders: list, indices: list[int], seed: int, chunk: int = 10) -> list[float]:
-    """Items per second of each loader over `indices` (one process). The loaders take turns every `chunk` items,
-    so that other load on the machine affects them alike; each draws from its own seeded random streams."""
-    rngs, seconds = [_RNG(seed) for _ in loaders], [0.0] * len(loaders)
-    for loader, rng in zip(loaders, rngs):  # warm-up
-        with rng:
-            loader[indices[0]]
-    for begin in range(0, len(indices), chunk):
-        for k, (loader, rng) in enumerate(zip(loaders, rngs)):
-            with rng:
-                start = time.perf_counter()
-                for i in indices[begin:begin + chunk]:
-                    loader[i]
-                seconds[k] += time.perf_counter() - start
-    return [len(indices) / s for s in seconds]
-
-
-def spread(values: list[float], digits: int = 1) -> str:
-    """median [min-max] of repeated measurements."""
-    return f"{np.median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def clip_dataset(entries: list[Annotation], mode: str, args: argparse.Namespace, augment_on: str = "workers",
                  seed: int | None = None) -> ClipDataset:
     sampling = Sampling(num_frames=args.num_frames, sampling_rate=args.sampling_rate, input_size=args.input_size,
@@ -238,7 +186,7 @@ def loader_rows(folders: list[Annotation], videos: list[Annotation], args: argpa
             if mode == "train":
                 loaders.append(clip_dataset(entries, mode, args, augment_on="device"))
             indices = [i % len(loaders[1]) for i in range(items)]
-            runs = [throughput(loaders, indices, args.seed + r) for r in range(args.repeats)]
+            runs = [take_turns(loaders, indices, args.seed + r) for r in range(args.repeats)]
             if mode == "test":  # an item of ours is all test_num_crop (identical) spatial views of a temporal view
                 runs = [(original, ours * args.test_num_crop) for original, ours in runs]
             rows.append((name, mode, *zip(*runs)))
@@ -258,48 +206,13 @@ def augment_rate(dataset: ClipDataset, items: list, batch: int, device: str, rep
     augment(*batches[0])  # warm-up
     rates = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for frames, params in batches:
             augment(frames, params)
-        _sync(device)
+        sync(device)
         rates.append(len(batches) * batch / (time.perf_counter() - start))
     return rates
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def decoder_rows(files: list[str], repeats: int) -> list[tuple[str, list[float], bool]]:
-    """(decoder, ms per frame over repeats, pixels equal PIL's) for the worker's JPEG decode to RGB."""
-    def pil(path):
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-
-    def opencv(path):
-        image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-    def torchvision_decode_jpeg(path):
-        return decode_jpeg(read_file(path)).permute(1, 2, 0).numpy()
-
-    decoders = (opencv, pil, torchvision_decode_jpeg)
-    reference = [pil(f) for f in files]
-    equal = [all(np.array_equal(decode(f), r) for f, r in zip(files, reference)) for decode in decoders]
-    times = [[] for _ in decoders]
-    for _ in range(repeats):
-        seconds = [0.0] * len(decoders)
-        for begin in range(0, len(files), 20):  # taking turns, so that other load affects them alike
-            for k, decode in enumerate(decoders):
-                start = time.perf_counter()
-                for f in files[begin:begin + 20]:
-                    decode(f)
-                seconds[k] += time.perf_counter() - start
-        for k in range(len(decoders)):
-            times[k].append(seconds[k] / len(files) * 1e3)
-    return [(decode.__name__, t, e) for decode, t, e in zip(decoders, times, equal)]
 
 
 class _ClipWork:
@@ -322,7 +235,7 @@ def resize_rows(folders: list[Annotation], args: argparse.Namespace) -> list[tup
         clips.append((source, train_indices(source.count, args.num_frames, args.sampling_rate)))
     works = [_ClipWork(lambda s, idx: s.rgb(np.unique(idx)), clips),
              _ClipWork(lambda s, idx: s.resized(idx, args.short_side_size), clips)]
-    runs = [throughput(works, list(range(len(clips))), args.seed) for _ in range(args.repeats)]
+    runs = [take_turns(works, list(range(len(clips))), args.seed) for _ in range(args.repeats)]
     decode, resized = zip(*runs)
     return [("worker: decode", list(decode)), ("worker: decode + resize", list(resized)),
             ("device (CPU): resize", resize_rate("cpu", args.batch, args.num_frames, args.frame_size,
@@ -336,11 +249,11 @@ def resize_rate(device: str, batch: int, num_frames: int, frame_size: int, size:
     resize_frames(frames, size)
     rates = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             resize_frames(frames, size)
-        _sync(device)
+        sync(device)
         rates.append(steps * batch / (time.perf_counter() - start))
     return rates
 
@@ -349,12 +262,14 @@ def gpu_rows(device: str, folders: list[Annotation], args: argparse.Namespace, s
              ) -> list[tuple[str, str, list[float]]]:
     """The GPU check's rows (also runnable on the CPU with tiny sizes): (row, unit, values over repeats).
 
-    - loader with --workers workers feeding `device`, both --augment_on modes (device: + DeviceAugment there);
+    - loader with --workers workers feeding `device`, both --augment_on modes (device: + DeviceAugment there),
+      timed in steady state: the batches after the 2 x workers the workers build ahead from iter() on;
     - JPEG decoding: torchvision's batched decode_jpeg on `device` against OpenCV in one worker, frames/s;
     - device augmentation alone on `device`, clips/s, batches of --batch.
     """
     rows = []
-    entries = folders * -(-(steps + 1) * args.batch // len(folders))  # steps batches after the first
+    ahead = 2 * max(args.workers, 1)  # batches the workers build from iter() on (prefetch_factor 2)
+    entries = folders * -(-(ahead + steps) * args.batch // len(folders))
     for mode in ("workers", "device"):
         dataset = clip_dataset(entries, "train", args, augment_on=mode, seed=args.seed)
         augment = dataset.device_augment() if mode == "device" else None
@@ -363,25 +278,24 @@ def gpu_rows(device: str, folders: list[Annotation], args: argparse.Namespace, s
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
                 pin_memory=device.startswith("cuda"), worker_init_fn=seed_worker, persistent_workers=False)
-            iterator, clips = iter(loader), 0
-            next(iterator)  # workers started, first batch ready
-            _sync(device)
-            start = time.perf_counter()
-            for batch in itertools.islice(iterator, steps):
+            arrivals = []  # (seconds, clips) of each batch ready on the device, from iter() on
+            for batch in itertools.islice(iter(loader), ahead + steps):
                 frames = batch[0].to(device, non_blocking=True)
-                clip = augment(frames, batch[1]) if augment is not None else frames
-                clips += len(clip)
-            _sync(device)
-            rates.append(clips / (time.perf_counter() - start))
+                clips = augment(frames, batch[1]) if augment is not None else frames
+                sync(device)
+                arrivals.append((time.perf_counter(), len(clips)))
+            # Steady state: the batches after those the workers had built ahead while the first were awaited.
+            start, timed = arrivals[ahead - 1][0], arrivals[ahead:]
+            rates.append(sum(n for _, n in timed) / (timed[-1][0] - start))
         rows.append((f"loader, {args.workers} workers, --augment_on {mode}", "clips/s", rates))
     files = sorted(str(p) for entry in folders for p in Path(entry.path).glob("*.jpg"))[:args.batch * args.num_frames]
     data = [read_file(f) for f in files]
     on_device, in_worker = [], []
     for _ in range(args.repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         decode_jpeg(data, device=device)
-        _sync(device)
+        sync(device)
         on_device.append(len(files) / (time.perf_counter() - start))
         start = time.perf_counter()
         for f in files:
@@ -410,8 +324,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_items", type=int, default=100, help="test views timed per loader and entry kind")
     p.add_argument("--repeats", type=int, default=3, help="repetitions of every measurement (median [min-max])")
     p.add_argument("--batch", type=int, default=16, help="batch of the device-side rows")
-    p.add_argument("--sections", nargs="*", default=["loader", "device", "decode", "resize"],
-                   choices=["loader", "device", "decode", "resize"])
+    p.add_argument("--sections", nargs="*", default=["loader", "device", "resize"],
+                   choices=["loader", "device", "resize"])
     p.add_argument("--gpu_rows", action="store_true", help="also the GPU check's rows, on --device")
     p.add_argument("--json", default=None, help="also write the GPU check's rows to this JSON file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -452,11 +366,16 @@ def main(args: argparse.Namespace) -> None:
               f"{args.frame_size}px JPEG, {frame_kb:.1f} KB each) and {args.videos} mp4s in "
               f"{time.perf_counter() - t0:.1f} s")
 
+        results = []
         if "loader" in args.sections:
             unit = {"train": "clips/s", "test": "views/s"}
             print(f"\n{'entries':<14} {'path':<6} {'unit':<8} {'original-style':>18} {'ours, workers':>18} "
                   f"{'ratio':>6} {'ours, device: worker side':>26} {'ratio':>6}")
-            for name, mode, orig, ours, *device in loader_rows(folders, videos, args):
+            loader = loader_rows(folders, videos, args)
+            results += [dict(entries=name, path=mode, unit=unit[mode], original_style=orig, ours_workers=ours,
+                             ours_device_worker_side=device[0] if device else None)
+                        for name, mode, orig, ours, *device in loader]
+            for name, mode, orig, ours, *device in loader:
                 line = (f"{name:<14} {mode:<6} {unit[mode]:<8} {spread(orig):>18} {spread(ours):>18} "
                         f"{np.median(ours) / np.median(orig):>5.2f}x")
                 if device:
@@ -465,25 +384,26 @@ def main(args: argparse.Namespace) -> None:
         if "device" in args.sections:
             dataset, items = device_items(folders, args, 4 * args.batch)
             rates = augment_rate(dataset, items, args.batch, "cpu", args.repeats)
+            results.append(dict(row=f"device augmentation on the CPU, batch {args.batch}", unit="clips/s",
+                                values=rates))
             print(f"\ndevice augmentation (augment_device.DeviceAugment) on the CPU, batch {args.batch}, "
                   f"1 thread: {spread(rates)} clips/s")
-        if "decode" in args.sections:
-            files = sorted(str(p) for entry in folders for p in Path(entry.path).glob("*.jpg"))
-            print(f"\n{'JPEG decoder':<26} {'ms/frame':>18} {'pixels = PIL':>13}")
-            for name, times, equal in decoder_rows(files, args.repeats):
-                print(f"{name:<26} {spread(times, 3):>18} {equal!s:>13}")
         if "resize" in args.sections:
             print(f"\n{'resize ' + str(args.frame_size) + ' -> ' + str(args.short_side_size):<30} {'clips/s':>18}")
             for name, rates in resize_rows(folders, args):
+                results.append(dict(row=name, unit="clips/s", values=rates))
                 print(f"{name:<30} {spread(rates):>18}")
         if args.gpu_rows:
             print(f"\n{'GPU check row':<48} {'unit':<9} {'value':>18}")
             rows = gpu_rows(args.device, folders, args)
             for name, unit, values in rows:
                 print(f"{name:<48} {unit:<9} {spread(values):>18}")
+            results += [dict(row=name, unit=unit, values=values) for name, unit, values in rows]
             if args.json:
                 Path(args.json).write_text(json.dumps([dict(row=name, unit=unit, median=float(np.median(values)),
                                                             values=values) for name, unit, values in rows]))
+        if args.json is None:  # a run of its own (the GPU check's rows go to --json)
+            print(f"written: {write_result('bench_data', results)}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ stage for each sampling rate (1 = FERV39k's, 4 = DFEW's / MAFW's) in float32 and
 frames/s" is the video's frame count over the stage's seconds, so that the stages add up like rates (1 / total =
 sum of 1 / stage); "CPU s" is the process's CPU time, steadier than wall time on a machine shared with other jobs.
 
-Then the detector table: the face-detection rate and ms/frame of OpenCV's bundled frontal-face cascades at two
-detection sizes, on the portrait at two face sizes (45 % and 15 % of the frame height).
+The choice of the face detector is settled (benchmarks/results/SETTLED.md).
 
     python benchmarks/bench_inference.py                      # 30 s video, rates 1 and 4, MAE-DFER; a few minutes
     python benchmarks/bench_inference.py --seconds 10 --fusion add --amps bf16
@@ -16,19 +15,15 @@ detection sizes, on the portrait at two face sizes (45 % and 15 % of the frame h
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common  # noqa: F401  (first: puts the repository on the path)
 import cv2
-import decord
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import checkpoint as ckpt
-import faces
 import run_class_finetuning as rcf
 import run_inference as ri
 import utils
@@ -63,25 +58,6 @@ def time_pipeline(video: Path, folder: Path, args: argparse.Namespace):
                        cpu=time.process_time() - cpu, **result["seconds"])
 
 
-def time_detectors(args: argparse.Namespace, folder: Path) -> list[tuple]:
-    rows = []
-    for face_height in (0.45, 0.15):
-        path = folder / f"faces_{face_height}.mp4"
-        core = make_face_video(path, seconds=args.detector_seconds, size=(640, 360), face_height=face_height)
-        frames = decord.VideoReader(str(path), num_threads=1).get_batch(list(range(len(core)))).asnumpy()
-        for cascade in ("default", "alt", "alt2"):
-            for max_side in (640, 320):
-                detector = faces.HaarFaceDetector(f"haarcascade_frontalface_{cascade}.xml", max_side=max_side)
-                start = time.perf_counter()
-                detections = [detector(f) for f in frames]
-                ms = 1000 * (time.perf_counter() - start) / len(frames)
-                track = faces.main_track(detections)
-                found = ~np.isnan(track[:, 0])
-                hit = [faces.iou(b, t) > 0.3 for b, t in zip(track[found], core[found])]
-                rows.append((face_height, cascade, max_side, found.mean(), np.mean(hit) if hit else 0.0, ms))
-    return rows
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=30.0)
@@ -90,8 +66,6 @@ def main() -> None:
     p.add_argument("--amps", nargs="+", default=["none", "bf16"], choices=["none", "bf16"])
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--detector_seconds", type=float, default=4.0)
-    p.add_argument("--skip_detectors", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -110,11 +84,6 @@ def main() -> None:
                                 ("decode", "detect", "crop", "predict"))
             print(f"| {r['rate']} | {r['amp']} | {r['examined']} | {r['windows']} | {stages} | {r['total']:.1f} s "
                   f"| {r['frames'] / r['total']:.1f} | {r['cpu']:.0f} |", flush=True)
-        if not args.skip_detectors:
-            print("\n| face height | cascade | detect size | face found | on the face (IoU > 0.3) | ms/frame |")
-            print("|---|---|---|---|---|---|")
-            for height, cascade, side, found, hit, ms in time_detectors(args, folder):
-                print(f"| {height:.0%} | {cascade} | {side} | {found:.1%} | {hit:.1%} | {ms:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,21 +24,17 @@ import subprocess
 import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import timm
 import torch
+from common import ROOT
+from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
-
-import timm  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import layers  # noqa: E402
-import modeling_finetune  # noqa: E402, F401  (registers the models)
-import utils  # noqa: E402
+import layers
+import modeling_finetune  # noqa: F401  (registers the models)
+import utils
 
 MODELS = {"MAE-DFER": ("maedfer_ft_base", None), "CA add": ("ca_add_ft_base", "add")}
 KWARGS = dict(num_classes=7, all_frames=16, tubelet_size=2, drop_path_rate=0.1, use_mean_pooling=True,
@@ -163,7 +159,7 @@ def main(args: argparse.Namespace) -> None:
         utils.keep_freed_memory()  # as the entry scripts do
         print(json.dumps(measure(**json.loads(args.child))))
         return
-    from bench_data import machine, spread  # here, not at the top: the measuring children need none of it
+    from common import machine, spread
 
     expected = json.loads((ROOT / "tests" / "data" / "keys" / "flops.json").read_text())
     rates = matmul_rates()

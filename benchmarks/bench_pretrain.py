@@ -10,23 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import timm
 import torch
+from common import ROOT
+from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import timm  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import modeling_pretrain  # noqa: E402, F401  (registers the models)
-import utils  # noqa: E402
-from engine_pretrain import reconstruction_loss, reconstruction_targets  # noqa: E402
-from masking_generator import build_masking_generator  # noqa: E402
+import modeling_pretrain  # noqa: F401  (registers the models)
+import utils
+from engine_pretrain import reconstruction_loss, reconstruction_targets
+from masking_generator import build_masking_generator
 
 KWARGS = dict(drop_path_rate=0.0, decoder_depth=4, encoder_depth=16, attn_type="local_global",
               lg_region_size=[2, 5, 10])

@@ -1,6 +1,6 @@
-"""The prepared GPU check: one run of at most ~9 minutes on one GPU (16 cores), one report.
+"""The prepared GPU check: one run of at most 5 minutes on one GPU (16 cores), one report.
 
-    bash benchmarks/gpu_check.sh OUT_DIR             # on the GPU machine: installs carried wheels, then this script
+    bash benchmarks/gpu_check.sh OUT_DIR             # on the GPU machine: carried wheels, `gpu` tests, this script
     python benchmarks/gpu_check.py --out OUT_DIR     # the same without the wheels
     python benchmarks/gpu_check.py --cpu --out DIR   # the CPU-able parts at tiny size (auto without CUDA; a slow test)
 
@@ -30,12 +30,9 @@ With --cpu every part runs on the CPU at tiny size (nothing compiled but eval_co
 of NCCL with the NCCL device rules checked by the guard, bf16 autocast standing in for the GPU's precision): what
 the test suite runs.
 
-Carry note: on the GPU machine `python3` is Python 3.12 with torch 2.11, timm, einops, OpenCV, pandas, protobuf
-and tensorboard, but neither decord (pretraining reads videos with it) nor tensorboardX (both entry scripts import
-it). Fetch their wheels here, into wheels/ at the repository root (untracked, so it travels with the tree):
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d wheels decord tensorboardX
-gpu_check.sh installs them with `pip install --no-index --no-deps --find-links wheels/` before running this.
+Preconditions: on the GPU machine `python3` (3.12) has torch, timm, einops, OpenCV and pandas but neither decord
+(pretraining reads videos with it) nor tensorboardX (both entry scripts import it): gpu_check.sh installs their
+wheels from .whl/ (its header gives the one command that fetches them) and runs the tests marked `gpu` first.
 """
 
 from __future__ import annotations
@@ -52,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -59,37 +57,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+import torch
+import torch.nn.functional as F
+from common import FT_FULL, FT_TINY, PEAK_TFLOPS, PT_FULL, PT_TINY, ROOT, sync
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-# Dense bf16/fp16 tensor-core peaks (TFLOP/s, datasheet), matched in this order against the device name.
-PEAK_TFLOPS = [("H200", 989), ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("A100", 312), ("L40S", 362),
-               ("L40", 181), ("L4", 121), ("A10G", 70), ("A10", 125), ("RTX 4090", 165), ("V100", 125)]
-FT_FULL = dict(model="vit_base_dim512_no_depth_patch16_160", img=160, frames=16, batch=32, classes=7,
-               kwargs=dict(depth=16, attn_type="local_global", lg_region_size=[2, 5, 10],
-                           lg_classify_token_type="region", use_mean_pooling=True, init_scale=0.001,
-                           drop_path_rate=0.1, all_frames=16, tubelet_size=2))
-FT_TINY = dict(model="vit_tiny_dim128_no_depth_patch16_64", img=32, frames=16, batch=2, classes=5,
-               kwargs=dict(depth=1, attn_type="local_global", lg_region_size=[2, 1, 2], img_size=32,
-                           lg_classify_token_type="region", use_mean_pooling=True, init_scale=0.001,
-                           drop_path_rate=0.1, all_frames=16, tubelet_size=2))
-PT_FULL = dict(model="pretrain_videomae_base_dim512_no_depth_patch16_160", img=160, frames=16, batch=32,
-               mask_ratio=0.9, window=(5, 10),
-               kwargs=dict(encoder_depth=16, decoder_depth=4, attn_type="local_global", lg_region_size=[2, 5, 10]))
-PT_TINY = dict(model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", img=32, frames=16, batch=2,
-               mask_ratio=0.5, window=(1, 2),
-               kwargs=dict(encoder_depth=1, decoder_depth=1, attn_type="local_global", lg_region_size=[2, 1, 2],
-                           img_size=32))
-BUDGETS = dict(env=15, finetune_steps=170, data_path=40, eval_compile=90, pretrain_step=30, nccl_one_rank=40,
-               two_process_demos=80, checkpoint_cpu_gpu=45)
+# Seconds per part on one GPU: 300 in all, so that the check, the machine's start and a rerun fit in 15 minutes.
+BUDGETS = dict(env=10, finetune_steps=85, data_path=30, eval_compile=55, pretrain_step=25, nccl_one_rank=30,
+               two_process_demos=40, checkpoint_cpu_gpu=25)
 MIN_PART_SECONDS = 10
+MIN_VARIANT_SECONDS = 12  # a row starts only with this much of its part's budget left
 
 
-class PartTimeout(Exception):
-    """A part ran past its budget."""
+class PartTimeout(BaseException):
+    """A part ran past its budget. A BaseException: torch.compile wraps the Exceptions raised inside it (as a
+    Dynamo or Inductor error), which would turn the part's timeout into one row's error."""
 
 
 @contextlib.contextmanager
@@ -137,13 +118,8 @@ def recording_error(row: dict):
     except PartTimeout:
         row["error"] = "part budget reached"
         raise
-    except Exception as err:
+    except Exception as err:  # PartTimeout is not one: the part stops
         row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_tflops() -> tuple[str, float] | tuple[None, None]:
@@ -314,6 +290,9 @@ def part_finetune_steps(part: Part) -> None:
             row = {"fusion": fusion or "none", "variant": amp + (" compiled" if compiled else "") +
                    (" channels_last" if channels_last else "") + (" + GradScaler" if amp == "fp16" else "")}
             rows.append(row)
+            if part.left() < MIN_VARIANT_SECONDS * (3 if compiled else 1):
+                row["error"] = f"skipped: {part.left():.0f} s of the part's budget left"
+                continue
             try:
                 with recording_error(row):
                     torch.manual_seed(0)
@@ -384,7 +363,7 @@ def part_pretrain_step(part: Part) -> None:
 # 6-8. the entry scripts
 
 def demo_data(part: Part) -> tuple[Path, Path]:
-    """Demo clips and videos shared by the script parts (generated once, in the report folder's work/)."""
+    """Demo clips and videos shared by the script parts (generated once, in the run's work folder)."""
     from demo_data import make_demo_dataset, make_demo_videos
 
     base = part.work.parent / "data"
@@ -644,10 +623,11 @@ def write_report(report: dict, out: Path) -> None:
 def main(args: argparse.Namespace) -> dict:
     cpu = args.cpu or not torch.cuda.is_available()
     tiny = args.tiny or cpu
-    args.budget = args.budget or (1100 if cpu else 510)
-    args.budget_scale = args.budget_scale or (2 if cpu else 1)
+    args.budget = args.budget or (1150 if cpu else sum(BUDGETS.values()))
+    args.budget_scale = args.budget_scale or (4 if cpu else 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # data, checkpoints, logs: never in `out`
     if cpu:
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     names = args.parts.split(",") if args.parts else list(PARTS)
@@ -662,7 +642,7 @@ def main(args: argparse.Namespace) -> dict:
         if budget < MIN_PART_SECONDS:
             entry.update(status="skipped", error=f"{left:.0f} s of the total budget left")
             continue
-        part = Part(name, budget, out / "work" / name, cpu, tiny)
+        part = Part(name, budget, work / name, cpu, tiny)
         part.work.mkdir(parents=True, exist_ok=True)
         entry["result"] = part.result
         print(f"gpu_check: {name} (budget {budget:.0f} s)", flush=True)
@@ -686,12 +666,14 @@ def main(args: argparse.Namespace) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="saved/gpu_check", help="folder for gpu_check.md / .json and the parts' files")
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_check"),
+                   help="folder for the report, gpu_check.md and gpu_check.json, only (default: $OUT, else "
+                        "/tmp/gpu_check); the parts work in a temporary folder under /tmp")
     p.add_argument("--cpu", action="store_true", help="run every part on the CPU at tiny size (auto without CUDA)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data on the GPU too (a quick rehearsal)")
-    p.add_argument("--budget", type=float, default=None, help="seconds for all parts together (510; --cpu: 1100)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for all parts together (300; --cpu: 1150)")
     p.add_argument("--budget_scale", type=float, default=None,
-                   help="multiply every part's budget (1; --cpu: 2, for a small shared CPU)")
+                   help="multiply every part's budget (1; --cpu: 4, for a small shared CPU)")
     p.add_argument("--parts", default="", help=f"comma-separated subset of {', '.join(PARTS)}")
     return p
 

@@ -229,10 +229,13 @@ def test_loader_batches_views_and_bad_entries(tmp_path):
     _, device = both_paths(entries * 2, num_sample=2)
     loader = DataLoader(device, batch_size=3, num_workers=2, worker_init_fn=seed_worker, collate_fn=device.collate)
     frames, params, labels = next(iter(loader))
-    assert frames.shape == (6, 8, 40, 40, 3) and frames.dtype == torch.uint8 and labels.tolist() == [0, 0, 1, 1, 2, 2]
-    assert torch.equal(frames[0], frames[1]) and not torch.equal(params["crop"][0], params["crop"][1])
+    # Each clip's frames travel once, with one record per view (views adjacent); the device expands them.
+    assert frames.shape == (3, 8, 40, 40, 3) and frames.dtype == torch.uint8 and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert not torch.equal(params["crop"][0], params["crop"][1])
     assert params["op"].shape == (6, 4) and params["erase"].shape == (6, 1, 4) and params["noise_seed"].shape == (6,)
-    assert device.device_augment()(frames, params).shape == (6, 3, 8, 32, 32)
+    augmented = device.device_augment()(frames, params)
+    assert augmented.shape == (6, 3, 8, 32, 32)
+    assert torch.equal(augmented, device.device_augment()(frames.repeat_interleave(2, dim=0), params))
     missing = Annotation(str(tmp_path / "missing"), str(tmp_path / "missing"), 0, "train.csv:9")
     bad = clip_dataset([entries[0], missing], "train", augment_on="device", skip_bad=True, **KW)
     frames, params, labels, skipped = bad.collate([bad[0], bad[1]])

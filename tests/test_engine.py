@@ -37,7 +37,7 @@ def run(loader, criterion, scaler=None, **kwargs):
     model = nn.Linear(6, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     stats = engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0, criterion=criterion,
-                                   precision=engine.Precision("none", scaler), **kwargs)
+                                   recipe=engine.StepRecipe(engine.Precision("none", scaler)), **kwargs)
     return model, stats
 
 

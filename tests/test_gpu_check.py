@@ -1,9 +1,10 @@
-"""benchmarks/gpu_check.py end to end on the CPU (--cpu: every part at tiny size), so that the GPU check a lent GPU
+"""benchmarks/gpu_check.sh end to end on the CPU (--cpu: every part at tiny size), so that the GPU check a lent GPU
 runs once is known to work up to what only a GPU can show."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,10 @@ PARTS = ["env", "finetune_steps", "data_path", "eval_compile", "pretrain_step", 
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_part_on_the_cpu_and_writes_one_report(tmp_path):
-    run = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu", "--out", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path), "--cpu"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=1400, env={**os.environ, "PYTHON": sys.executable})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]  # the report only
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert list(report["parts"]) == PARTS
     assert {name: part["status"] for name, part in report["parts"].items()} == dict.fromkeys(PARTS, "ok"), {

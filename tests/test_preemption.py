@@ -152,10 +152,10 @@ def test_a_stop_signal_sets_the_flag_and_the_handlers_are_put_back():
     with preemption.stop_on_signals():
         assert not preemption.requested()
         agreement = engine.StepAgreement()
-        assert agreement.before_forward(True, None) and not agreement.stop
+        assert agreement.before_forward(True, None, stop=preemption.requested()) == {"train": True, "stop": False}
         os.kill(os.getpid(), signal.SIGUSR1)
         assert preemption.requested()
-        assert agreement.before_forward(True, None) and agreement.stop
+        assert agreement.before_forward(True, None, stop=preemption.requested()) == {"train": True, "stop": True}
     assert signal.getsignal(signal.SIGUSR1) is before and not preemption.requested()
 
 

@@ -100,7 +100,9 @@ class CollectiveGuard:
 
     # --- the checks -------------------------------------------------------------------------------------------
     def check(self, name: str, args: tuple, kwargs: dict, site: str) -> list[str]:
-        devices = supported_devices(self.backend) | ({self.stand_in} if self.stand_in else set())
+        group = kwargs.get("group")
+        backend = self.backend if group in (None, dist.group.WORLD) else str(dist.get_backend(group))  # own group
+        devices = supported_devices(backend) | ({self.stand_in} if self.stand_in else set())
         problems = []
         tensors = list(_tensors((args, kwargs)))
         if name in TENSOR_COLLECTIVES:
@@ -108,7 +110,7 @@ class CollectiveGuard:
             if refused:
                 kinds = ", ".join(dict.fromkeys(f"{t.device.type} {str(t.dtype).removeprefix('torch.')} tensor "
                                                 f"{list(t.shape)}" for t in refused))
-                problems.append(f"{name} of a {kinds} at {site}: backend {self.backend} has no {refused[0].device.type}"
+                problems.append(f"{name} of a {kinds} at {site}: backend {backend} has no {refused[0].device.type}"
                                 f" support (\"No backend type associated with device type {refused[0].device.type}\")")
             elif "cpu" not in devices and torch.cuda.is_available():
                 current = torch.cuda.current_device()
@@ -124,7 +126,7 @@ class CollectiveGuard:
             if "cpu" not in devices:
                 problems += self._object_device_problems(name, site)
         elif name in BARRIERS and "cpu" not in devices and not self.init_kwargs.get("device_id"):
-            self._note(f"{name} at {site} under {self.backend} without init_process_group(device_id=...): NCCL "
+            self._note(f"{name} at {site} under {backend} without init_process_group(device_id=...): NCCL "
                        f"guesses the rank's GPU from torch.cuda.current_device()")
         return problems
 
