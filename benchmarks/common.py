@@ -24,18 +24,24 @@ for _path in (str(ROOT), str(ROOT / "tests" / "support")):
         sys.path.insert(0, _path)
 RESULTS = ROOT / "benchmarks" / "results"
 
-# The configurations measured. FT_FULL / PT_FULL: the released checkpoints' models (16 frames of 160 px).
-FT_FULL = dict(model="vit_base_dim512_no_depth_patch16_160", img=160, frames=16, batch=32, classes=7,
-               kwargs=dict(depth=16, attn_type="local_global", lg_region_size=[2, 5, 10],
-                           lg_classify_token_type="region", use_mean_pooling=True, init_scale=0.001,
-                           drop_path_rate=0.1, all_frames=16, tubelet_size=2))
+from models import FULL_SIZE, FULL_SIZE_PRETRAIN  # noqa: E402 (the repository root is on the path from here on)
+
+# The configurations measured. FT_FULL / PT_FULL: the released checkpoints' models (models.FULL_SIZE and
+# models.FULL_SIZE_PRETRAIN, 16 frames of 160 px).
+FT_FULL = dict(model=FULL_SIZE["model"], img=FULL_SIZE["input_size"], frames=FULL_SIZE["num_frames"], batch=32,
+               classes=7,
+               kwargs=dict(depth=FULL_SIZE["depth"], attn_type=FULL_SIZE["attn_type"],
+                           lg_region_size=FULL_SIZE["lg_region_size"],
+                           lg_classify_token_type=FULL_SIZE["lg_classify_token_type"], use_mean_pooling=True,
+                           init_scale=0.001, drop_path_rate=0.1, all_frames=FULL_SIZE["num_frames"], tubelet_size=2))
 FT_TINY = dict(model="vit_tiny_dim128_no_depth_patch16_64", img=32, frames=16, batch=2, classes=5,
                kwargs=dict(depth=1, attn_type="local_global", lg_region_size=[2, 1, 2], img_size=32,
                            lg_classify_token_type="region", use_mean_pooling=True, init_scale=0.001,
                            drop_path_rate=0.1, all_frames=16, tubelet_size=2))
-PT_FULL = dict(model="pretrain_videomae_base_dim512_no_depth_patch16_160", img=160, frames=16, batch=32,
-               mask_ratio=0.9, window=(5, 10),
-               kwargs=dict(encoder_depth=16, decoder_depth=4, attn_type="local_global", lg_region_size=[2, 5, 10]))
+PT_FULL = dict(model=FULL_SIZE_PRETRAIN["model"], img=FULL_SIZE_PRETRAIN["input_size"],
+               frames=FULL_SIZE_PRETRAIN["num_frames"], batch=32, mask_ratio=0.9, window=(5, 10),
+               kwargs={k: FULL_SIZE_PRETRAIN[k] for k in ("encoder_depth", "decoder_depth", "attn_type",
+                                                          "lg_region_size")})
 PT_TINY = dict(model="pretrain_videomae_tiny_dim128_no_depth_patch16_64", img=32, frames=16, batch=2,
                mask_ratio=0.5, window=(1, 2),
                kwargs=dict(encoder_depth=1, decoder_depth=1, attn_type="local_global", lg_region_size=[2, 1, 2],
