@@ -2,8 +2,7 @@
 precision.
 
 The process group lives in distributed.py, schedules in schedules.py, RNG states in rng.py, checkpoints in
-checkpoint.py, the command lines in cli.py, and the training skeleton that uses them in training.py. The names
-VideoMAE's utils.py offered (get_rank, cosine_scheduler, ...) stay importable from here.
+checkpoint.py, the command lines in cli.py, and the training skeleton that uses them in training.py.
 """
 
 from __future__ import annotations
@@ -14,19 +13,6 @@ import ctypes.util
 import logging
 
 import torch
-
-from distributed import (  # noqa: F401
-    Process,
-    all_gather_objects,
-    collective_device,
-    find_local_rank,
-    get_rank,
-    get_world_size,
-    init_distributed,
-    is_main_process,
-)
-from rng import gather_rng_states, rng_state, seeded_rngs, set_rng_state  # noqa: F401
-from schedules import Schedule, build_schedule, cosine_scheduler, scale_lr  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
