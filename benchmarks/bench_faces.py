@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,24 +25,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import RESULTS, machine  # the repository root is on the path from here on
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faces
 from demo_data import background_photo, face_photo, face_scene, make_scene_video
 from preprocess import extract_faces
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZE = (640, 360)
 
-
-def machine() -> dict:
-    """CPU model and core count (lscpu), for the results file."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    return dict(cpu=model, cores=os.cpu_count(), load_average=os.getloadavg())
 
 
 def found(boxes: np.ndarray, truth: np.ndarray) -> bool:
@@ -145,6 +134,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{now:%Y-%m-%d}-{platform.node() or 'machine'}-faces.json"
     path.write_text(json.dumps(dict(date=now.isoformat(timespec="seconds"), machine=machine(),
+                                    load_average=os.getloadavg(),
                                     command=" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
                                     opencv=cv2.__version__, recall=rows, **other, extraction=extraction),
                                indent=1) + "\n")

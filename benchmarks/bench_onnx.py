@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,24 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from common import RESULTS, machine  # the repository root is on the path from here on
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import checkpoint as ckpt
 import export_onnx
 import run_class_finetuning as rcf
 from models import create_model
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    """CPU model and core count (lscpu), for the results file."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "?")
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "?"
-    return dict(cpu=model, cores=os.cpu_count(), load_average=os.getloadavg())
 
 
 def spread(seconds: list[float]) -> dict:
@@ -83,7 +70,7 @@ def main() -> None:
     now = datetime.now(timezone.utc)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{now:%Y-%m-%d}-{platform.node() or 'machine'}-onnx.json"
-    results = dict(date=now.isoformat(timespec="seconds"), machine=machine(),
+    results = dict(date=now.isoformat(timespec="seconds"), machine=machine(), load_average=os.getloadavg(),
                    command=" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), threads=args.threads,
                    torch=torch.__version__, rows=[])
     with tempfile.TemporaryDirectory() as tmp:
