@@ -76,7 +76,7 @@ def expected_parameters() -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_an_empty_last_micro_batch_leaves_every_process_with_the_same_parameters(tmp_path):
     context = mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=False,
-                                 start_method="fork")
+                                 start_method="spawn")
     deadline = time.monotonic() + TIMEOUT
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
