@@ -61,9 +61,12 @@ def add_lg_arguments(group: argparse._ArgumentGroup) -> None:
     add("--lg_no_third", action="store_true", help="leave out the local-global attention")
 
 
-def add_optimizer_arguments(group: argparse._ArgumentGroup, lr: float, min_lr: float, warmup_epochs: int) -> None:
-    """Optimizer and schedule flags; the defaults that differ between the scripts are passed in."""
+def add_optimizer_arguments(group: argparse._ArgumentGroup, *, epochs: int, lr: float, min_lr: float,
+                            warmup_epochs: int) -> None:
+    """Batch, optimizer and schedule flags; the defaults that differ between the scripts are passed in."""
     add = group.add_argument
+    add("--batch_size", default=64, type=int, help="clips per process and step")
+    add("--epochs", default=epochs, type=int, help="training epochs")
     add("--opt", default="adamw", type=str, help="optimizer, any name timm's create_optimizer_v2 knows")
     add("--opt_eps", default=1e-8, type=float, help="optimizer epsilon")
     add("--opt_betas", default=None, type=float, nargs="+", metavar="BETA",

@@ -48,10 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MAE-DFER fine-tuning and evaluation", add_help=True)
     g = cli.make_groups(p)
     add = g.optimizer.add_argument
-    add("--batch_size", default=64, type=int, help="clips per process and step")
-    add("--epochs", default=30, type=int, help="training epochs")
     add("--update_freq", default=1, type=int, help="gradient accumulation: steps per optimizer update")
-    cli.add_optimizer_arguments(g.optimizer, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
+    cli.add_optimizer_arguments(g.optimizer, epochs=30, lr=1e-3, min_lr=1e-6, warmup_epochs=5)
     add("--layer_decay", type=float, default=0.75, help="layer-wise learning-rate decay (1: none)")
 
     add = g.model.add_argument

@@ -55,10 +55,7 @@ def str2bool(text: str) -> bool:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MAE-DFER pretraining", add_help=True)
     g = cli.make_groups(p)
-    add = g.optimizer.add_argument
-    add("--batch_size", default=64, type=int, help="clips per process and step")
-    add("--epochs", default=800, type=int, help="training epochs")
-    cli.add_optimizer_arguments(g.optimizer, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
+    cli.add_optimizer_arguments(g.optimizer, epochs=800, lr=1.5e-4, min_lr=1e-5, warmup_epochs=40)
 
     add = g.model.add_argument
     add("--model", default="pretrain_videomae_base_patch16_224", type=str,
