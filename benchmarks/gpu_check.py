@@ -377,7 +377,7 @@ def demo_data(part: Part) -> tuple[Path, Path]:
 def finetune_flags(part: Part, clips: Path, out: Path, *extra: str) -> list[str]:
     flags = ["--demo", "--data_path", str(clips), "--data_root", str(clips), "--output_dir", str(out),
              "--num_workers", "0" if part.cpu else "2", "--device", part.device.type, "--epochs", "1",
-             "--warmup_epochs", "0"]
+             "--warmup_epochs", "0", "--no-disable_eval_during_finetuning"]
     if part.tiny:
         flags += ["--input_size", "32", "--short_side_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2",
                   "--batch_size", "2"]

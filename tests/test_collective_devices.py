@@ -102,7 +102,8 @@ def test_fine_tuning_collectives_work_under_nccl(tmp_path):
     data = make_demo_dataset(tmp_path / "data", train_per_class=4, test_per_class=2, num_frames=16, size=32, seed=3)
     flags = ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
              "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
-             "--epochs", "1", "--warmup_epochs", "0", "--batch_size", "2", "--output_dir", str(tmp_path / "out")]
+             "--epochs", "1", "--warmup_epochs", "0", "--batch_size", "2", "--output_dir", str(tmp_path / "out"),
+             "--no-disable_eval_during_finetuning"]
     result = launch("run_class_finetuning.py", flags, tmp_path, timeout=TIMEOUT, wrapper=PRETEND_NCCL)
     assert_no_collective_refused_by_nccl(result)
 

@@ -53,7 +53,8 @@ def finetune_flags(data, out, *extra: str) -> list[str]:
     """The fine-tuning demo shrunk to seconds: 32 px, depth 1, one epoch, validation and the final test included."""
     return ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
             "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
-            "--epochs", "1", "--warmup_epochs", "0", "--output_dir", str(out), *extra]
+            "--epochs", "1", "--warmup_epochs", "0", "--output_dir", str(out), "--no-disable_eval_during_finetuning",
+            *extra]
 
 
 def pretrain_flags(videos_root, out, *extra: str) -> list[str]:

@@ -48,7 +48,8 @@ def finetune_flags(data, out) -> list[str]:
     return ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
             "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
             "--epochs", "2", "--warmup_epochs", "1", "--batch_size", "2", "--drop_path", "0.1",
-            "--test_num_segment", "1", "--test_num_crop", "1", "--save_every_steps", "1", "--output_dir", str(out)]
+            "--test_num_segment", "1", "--test_num_crop", "1", "--save_every_steps", "1", "--output_dir", str(out),
+            "--no-disable_eval_during_finetuning"]
 
 
 def pretrain_flags(videos_root, out) -> list[str]:

@@ -33,7 +33,7 @@ def demo_args(root, output_dir, *extra: str) -> argparse.Namespace:
         "--data_path", str(root), "--data_root", str(root), "--output_dir", str(output_dir), "--input_size", "32",
         "--short_side_size", "32", "--model", "vit_tiny_dim128_no_depth_patch16_64", "--depth", "1",
         "--lg_region_size", "2", "1", "2", "--epochs", "2", "--warmup_epochs", "1", "--batch_size", "4",
-        "--num_workers", "0", "--device", "cpu", *extra])
+        "--num_workers", "0", "--device", "cpu", "--no-disable_eval_during_finetuning", *extra])
 
 
 def read_pred(path):
