@@ -150,7 +150,8 @@ def sys_argv_of(args: argparse.Namespace) -> list[str]:
     """The command-line flags that rebuild this demo configuration in another process."""
     return ["--demo", "--data_path", args.data_path, "--data_root", args.data_root, "--input_size", "32",
             "--short_side_size", "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--batch_size", "4",
-            "--num_workers", "0", "--device", "cpu", *(["--fusion", args.fusion] if args.fusion else [])]
+            "--num_workers", "0", "--device", "cpu", "--no-disable_eval_during_finetuning",
+            *(["--fusion", args.fusion] if args.fusion else [])]
 
 
 # --- resume, bad runs --------------------------------------------------------------------------------------------
