@@ -40,7 +40,7 @@ DEMO_DEFAULTS = dict(
     data_set="DEMO", nb_classes=len(DATASETS["DEMO"].classes), data_path="saved/data/demo", data_root="saved/data/demo",
     model="vit_tiny_dim128_no_depth_patch16_64", depth=4, input_size=64, short_side_size=64, num_frames=16,
     sampling_rate=1, lg_region_size=[2, 2, 4], lg_classify_token_type="region", fusion="add", batch_size=16,
-    epochs=15, warmup_epochs=2, disable_eval_during_finetuning=True, lr=1e-2, layer_decay=1.0, num_sample=1,
+    epochs=12, warmup_epochs=2, disable_eval_during_finetuning=True, lr=1e-2, layer_decay=1.0, num_sample=1,
     num_workers=1, test_num_segment=2, test_num_crop=2, mixup=0.0, cutmix=0.0, reprob=0.0,
     aa="rand-m3-n2-mstd0.5-inc1", drop_path=0.0, save_ckpt_freq=1000, output_dir="saved/model/finetuning/demo",
     dist_eval=True)
