@@ -106,6 +106,20 @@ class StepRecipe:
 PLAIN_STEPS = StepRecipe()  # float32, no schedule, accumulation, clipping, EMA, mixup or device augmentation
 
 
+@dataclass(frozen=True)
+class EpochStart:
+    """Where an epoch's step loop starts: the epoch, the optimizer steps of it already done (a run resumed part-way)
+    with their meters, and the global step of the epoch's first step (for the schedules and TensorBoard)."""
+
+    epoch: int = 0
+    step: int = 0
+    meters: dict[str, AverageMeter] | None = None
+    global_step_offset: int = 0
+
+
+FIRST_EPOCH = EpochStart()
+
+
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                    max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Unscale, clip to max_norm (or only measure) the gradient norm, step. Returns the gradient norm and, under
@@ -362,40 +376,41 @@ def finish_step(model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Step
 
 
 def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, epoch: int, criterion: Callable, recipe: StepRecipe = PLAIN_STEPS,
-                    global_step_offset: int = 0, resume_step: int = 0, meters: dict[str, AverageMeter] | None = None,
-                    log_writer=None, on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
+                    device: torch.device, *, criterion: Callable, recipe: StepRecipe = PLAIN_STEPS,
+                    start: EpochStart = FIRST_EPOCH, log_writer=None, on_step: Callable | None = None,
+                    bad_samples=None) -> dict[str, float]:
     """One epoch of (mixup) training with per-step LR / weight-decay schedules and gradient accumulation.
 
-    With `recipe.augment` (`--augment_on device`) the loader gives uint8 clips and their drawn augmentation
-    parameters, augmented here, on the device, before mixup. Resuming: the loader yields what is left of the epoch
-    after `resume_step` optimizer steps and `meters` holds their averages. `on_step(step, meters)` runs after an
-    optimizer step (e.g. a checkpoint): after every one, or, if it has a `due(step)` method, after those it is due.
-    Unreadable entries of a batch go to `bad_samples`. Under fp16 loss scaling a step with a non-finite loss or
-    gradient is skipped and counted (skipped_steps), as GradScaler does; otherwise a non-finite loss raises
-    NonFiniteLossError within `recipe.log_every` steps, before any `on_step`. Gradients are all-reduced once per
-    optimizer step. Returns the epoch averages over every process. When a process received a stop signal, every
-    process raises preemption.StopRequested at the same step boundary.
+    With `recipe.augment` (`--augment_on device`) the loader gives uint8 clips and their drawn augmentation parameters,
+    augmented here, on the device, before mixup. `start` says where the epoch begins: resumed part-way, the loader
+    yields what is left of it after `start.step` optimizer steps and `start.meters` holds their averages.
+    `on_step(step, meters)` runs after an optimizer step (e.g. a checkpoint): after every one, or, if it has a
+    `due(step)` method, after those it is due. Unreadable entries of a batch go to `bad_samples`. Under fp16 loss
+    scaling a step with a non-finite loss or gradient is skipped and counted (skipped_steps), as GradScaler does;
+    otherwise a non-finite loss raises NonFiniteLossError within `recipe.log_every` steps, before any `on_step`.
+    Gradients are all-reduced once per optimizer step. Returns the epoch averages over every process. When a process
+    received a stop signal, every process raises preemption.StopRequested at the same step boundary.
     """
     model.train()
-    meters = meters or new_meters()
+    meters = start.meters or new_meters()
     update_freq, agreement = recipe.update_freq, StepAgreement()
-    log = StepLog(lambda record: replay_finetune(meters, record, progress, log_writer), epoch=epoch,
+    log = StepLog(lambda record: replay_finetune(meters, record, progress, log_writer), epoch=start.epoch,
                   every=recipe.log_every, agreement=agreement, stop_on_non_finite=recipe.precision.scaler is None)
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not distributed.is_main_process(), dynamic_ncols=True,
-                    initial=resume_step * update_freq, total=resume_step * update_freq + len(data_loader))
+    done = start.step * update_freq  # micro-batches of the epoch already trained
+    progress = tqdm(data_loader, desc=f"epoch {start.epoch}", disable=not distributed.is_main_process(),
+                    dynamic_ncols=True, initial=done, total=done + len(data_loader))
     steps_per_epoch = recipe.schedule.steps_per_epoch if recipe.schedule is not None else None
     fields = 2 if recipe.augment is None else 3
     optimizer.zero_grad()
     trained = synced = False  # in this optimizer step: a micro-batch trained; a backward all-reduced the gradients
     batches = prefetched(progress, lambda batch: to_device(batch, device, fields), device)
-    for micro_step, batch in enumerate(batches, resume_step * update_freq):
+    for micro_step, batch in enumerate(batches, done):
         if bad_samples is not None:
             bad_samples.record(batch.bad)
         step = micro_step // update_freq
         if steps_per_epoch is not None and step >= steps_per_epoch:
             continue
-        global_step, last = global_step_offset + step, (micro_step + 1) % update_freq == 0
+        global_step, last = start.global_step_offset + step, (micro_step + 1) % update_freq == 0
         if micro_step % update_freq == 0:
             apply_schedules(optimizer, global_step, recipe.schedule)
         record = {"step": step, "global_step": global_step, "last": last, "loss": None, **schedule_values(optimizer)}

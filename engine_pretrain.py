@@ -68,13 +68,15 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor,
 
 @dataclass(frozen=True)
 class Objective:
-    """What the decoder reconstructs (the flags --normlize_target, --frame_diff_group_size, --target_diff_weight)."""
+    """What the decoder reconstructs (the flags --normlize_target, --frame_diff_group_size, --target_diff_weight),
+    and from how many clips per loaded video (--num_samples: adjacent clips of one loaded sequence)."""
 
     patch_size: int = 16
     tubelet_size: int = 2
     normalize_target: bool = True
     frame_diff_group_size: int | None = None  # None: pixels only
     target_diff_weight: float | None = None
+    num_samples: int = 1
 
     def targets(self, videos: torch.Tensor, mask: torch.Tensor, num_visible: int | None = None) -> torch.Tensor:
         return reconstruction_targets(videos, mask, self.patch_size, self.tubelet_size, self.normalize_target,
@@ -126,9 +128,9 @@ def to_device(batch, device: torch.device) -> PretrainBatch:
 
 
 def pretrain_step(model: nn.Module, batch: PretrainBatch, optimizer: torch.optim.Optimizer, *, objective: Objective,
-                  recipe: engine.StepRecipe, num_samples: int) -> dict:
+                  recipe: engine.StepRecipe) -> dict:
     """Targets, forward, loss, backward and the optimizer step; returns the step's record fields (on the device)."""
-    videos, mask = split_samples(batch.videos, batch.mask, num_samples)
+    videos, mask = split_samples(batch.videos, batch.mask, objective.num_samples)
     target = objective.targets(videos, mask, batch.num_visible)
     with recipe.precision.autocast(videos.device):
         loss = objective.loss(model(videos, mask, batch.num_visible), target)
@@ -141,32 +143,31 @@ def pretrain_step(model: nn.Module, batch: PretrainBatch, optimizer: torch.optim
 
 
 def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, epoch: int, objective: Objective,
-                    recipe: engine.StepRecipe = engine.PLAIN_STEPS, global_step_offset: int = 0,
-                    resume_step: int = 0, meters: dict[str, AverageMeter] | None = None, num_samples: int = 1,
-                    log_writer=None, on_step: Callable | None = None, bad_samples=None) -> dict[str, float]:
+                    device: torch.device, *, objective: Objective, recipe: engine.StepRecipe = engine.PLAIN_STEPS,
+                    start: engine.EpochStart = engine.FIRST_EPOCH, log_writer=None, on_step: Callable | None = None,
+                    bad_samples=None) -> dict[str, float]:
     """One pretraining epoch with per-step LR / weight-decay schedules; returns the epoch averages over all ranks.
 
-    Resuming: the loader yields what is left of the epoch after `resume_step` steps and `meters` holds their
-    averages; `on_step(step, meters)` runs after a step (e.g. a checkpoint; see `engine.train_one_epoch`).
-    Unreadable videos of a batch go to `bad_samples`; the step trains on the others (all processes skip a step in
-    which one of them has none). A non-finite loss on any process raises NonFiniteLossError on all of them within
-    `recipe.log_every` steps, naming the step and the loss; under fp16 the grad scaler skips steps whose gradients
-    overflow (counted in `skipped_steps`), as the original's scaler does. When a process received a stop signal,
-    every process raises preemption.StopRequested at the same step boundary.
+    `start` says where the epoch begins: resumed part-way, the loader yields what is left of it after `start.step` steps
+    and `start.meters` holds their averages; `on_step(step, meters)` runs after a step (e.g. a checkpoint; see
+    `engine.train_one_epoch`). Unreadable videos of a batch go to `bad_samples`; the step trains on the others (all
+    processes skip a step in which one of them has none). A non-finite loss on any process raises NonFiniteLossError on
+    all of them within `recipe.log_every` steps, naming the step and the loss; under fp16 the grad scaler skips steps
+    whose gradients overflow (counted in `skipped_steps`), as the original's scaler does. When a process received a stop
+    signal, every process raises preemption.StopRequested at the same step boundary.
     """
     model.train()
-    meters = meters or engine.new_meters()
+    meters = start.meters or engine.new_meters()
     agreement = engine.StepAgreement()
-    log = engine.StepLog(lambda record: replay(meters, record, progress, log_writer), epoch=epoch,
+    log = engine.StepLog(lambda record: replay(meters, record, progress, log_writer), epoch=start.epoch,
                          every=recipe.log_every, agreement=agreement, stop_on_non_finite=True)
-    progress = tqdm(data_loader, desc=f"epoch {epoch}", disable=not distributed.is_main_process(), dynamic_ncols=True,
-                    initial=resume_step, total=resume_step + len(data_loader))
+    progress = tqdm(data_loader, desc=f"epoch {start.epoch}", disable=not distributed.is_main_process(),
+                    dynamic_ncols=True, initial=start.step, total=start.step + len(data_loader))
     batches = engine.prefetched(progress, lambda batch: to_device(batch, device), device)
-    for step, batch in enumerate(batches, resume_step):
+    for step, batch in enumerate(batches, start.step):
         if bad_samples is not None:
             bad_samples.record(batch.bad)
-        global_step = global_step_offset + step
+        global_step = start.global_step_offset + step
         record = {"step": step, "global_step": global_step, "trained": False}
         agreed = agreement.before_forward(len(batch) > 0, bad_samples, stop=preemption.requested())
         if agreed["stop"]:  # every process stops before this step
@@ -174,8 +175,8 @@ def train_one_epoch(model: nn.Module, data_loader: Iterable, optimizer: torch.op
             raise preemption.StopRequested(step, meters)
         if agreed["train"]:  # else a process's videos were unreadable
             engine.apply_schedules(optimizer, global_step, recipe.schedule)
-            record.update(pretrain_step(model, batch, optimizer, objective=objective, recipe=recipe,
-                                        num_samples=num_samples), **engine.schedule_values(optimizer))
+            record.update(pretrain_step(model, batch, optimizer, objective=objective, recipe=recipe),
+                          **engine.schedule_values(optimizer))
         log.add(record)
         due = on_step is not None and getattr(on_step, "due", lambda _: True)(step + 1)
         log.end_of_step(flush_now=due)

@@ -287,16 +287,15 @@ def train_epochs(args: argparse.Namespace, run: training.Run, fit: Fit, data: Tr
                                log_every=args.log_every)
     start = time.time()
     for epoch in range(state.start_epoch, args.epochs):
-        resume_step = state.start_step if epoch == state.start_epoch else 0
+        epoch_start = state.epoch_start(epoch, steps)
         # This rank's clips of the epoch already seen (steps x accumulation x batch) are skipped.
-        data.loader.sampler.set_epoch(epoch, start=resume_step * args.update_freq * args.batch_size)
+        data.loader.sampler.set_epoch(epoch, start=epoch_start.step * args.update_freq * args.batch_size)
         data.dataset.set_epoch(epoch)
         with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(fit.saver, epoch):
             train_stats = engine.train_one_epoch(
-                fit.train_model, data.loader, fit.optimizer, device, epoch=epoch, criterion=fit.criterion,
-                recipe=recipe, global_step_offset=epoch * steps, resume_step=resume_step,
-                meters=state.meters if resume_step else None, log_writer=fit.log_writer,
-                on_step=fit.saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
+                fit.train_model, data.loader, fit.optimizer, device, criterion=fit.criterion, recipe=recipe,
+                start=epoch_start, log_writer=fit.log_writer, on_step=fit.saver.mid_epoch(epoch, steps),
+                bad_samples=state.bad_samples)
         log_stats = {f"train_{k}": v for k, v in train_stats.items()}
         if data.val_loader is not None:
             log_stats.update(validate(args, fit, data, eval_model, precision, epoch, device))

@@ -155,7 +155,7 @@ def build_objective(args: argparse.Namespace, model: nn.Module) -> engine_pretra
     return engine_pretrain.Objective(
         patch_size=patch_size, tubelet_size=tubelet_size, normalize_target=args.normlize_target,
         frame_diff_group_size=args.frame_diff_group_size if args.use_frame_diff_as_target else None,
-        target_diff_weight=args.target_diff_weight)
+        target_diff_weight=args.target_diff_weight, num_samples=args.num_samples)
 
 
 @dataclass
@@ -229,15 +229,14 @@ def train_epoch(args: argparse.Namespace, run: training.Run, fit: Fit, loader: d
     """One epoch (the rest of it when resumed part-way), then its checkpoint."""
     state, steps = fit.state, fit.schedule.steps_per_epoch
     recipe = engine.StepRecipe(precision, fit.schedule, max_norm=args.clip_grad, log_every=args.log_every)
-    resume_step = state.start_step if epoch == state.start_epoch else 0
-    loader.sampler.set_epoch(epoch, start=resume_step * args.batch_size)  # this rank's clips already seen
+    epoch_start = state.epoch_start(epoch, steps)
+    loader.sampler.set_epoch(epoch, start=epoch_start.step * args.batch_size)  # this rank's clips already seen
     loader.dataset.set_epoch(epoch)
     with training.naming_last_checkpoint(run.output_dir), preemption.checkpoint_on_stop(fit.saver, epoch):
         stats = engine_pretrain.train_one_epoch(
-            fit.train_model, loader, fit.optimizer, run.device, epoch=epoch, objective=objective, recipe=recipe,
-            global_step_offset=epoch * steps, resume_step=resume_step,
-            meters=state.meters if resume_step else None, num_samples=args.num_samples,
-            log_writer=fit.log_writer, on_step=fit.saver.mid_epoch(epoch, steps), bad_samples=state.bad_samples)
+            fit.train_model, loader, fit.optimizer, run.device, objective=objective, recipe=recipe,
+            start=epoch_start, log_writer=fit.log_writer, on_step=fit.saver.mid_epoch(epoch, steps),
+            bad_samples=state.bad_samples)
     fit.saver.end_of_epoch(epoch)
     return stats
 

@@ -149,6 +149,12 @@ class ResumeState:
     bad_samples: BadSampleLog = field(default_factory=lambda: BadSampleLog(10))
     best_metric: float = -float("inf")
 
+    def epoch_start(self, epoch: int, steps_per_epoch: int) -> engine.EpochStart:
+        """Where `epoch`'s step loop starts: part-way with the saved meters if it is the epoch resumed mid-way."""
+        resumed = epoch == self.start_epoch and self.start_step > 0
+        return engine.EpochStart(epoch, self.start_step if resumed else 0, self.meters if resumed else None,
+                                 global_step_offset=epoch * steps_per_epoch)
+
     def extra(self, meters: dict[str, AverageMeter] | None = None) -> dict:
         """What a checkpoint needs beyond the model and optimizer to continue bit-exactly (a collective)."""
         gathered = distributed.all_gather_objects(self.bad_samples.seen)

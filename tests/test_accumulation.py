@@ -40,7 +40,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         model = nn.Linear(6, 3)
         optimizer = torch.optim.SGD(model.parameters(), lr=LR)
         engine.train_one_epoch(DistributedDataParallel(model), micro_batches(rank), optimizer, torch.device("cpu"),
-                               epoch=0, criterion=nn.CrossEntropyLoss(), recipe=engine.StepRecipe(update_freq=2))
+                               criterion=nn.CrossEntropyLoss(), recipe=engine.StepRecipe(update_freq=2))
         torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()

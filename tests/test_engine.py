@@ -36,14 +36,14 @@ def run(loader, criterion, scaler=None, **kwargs):
     torch.manual_seed(0)
     model = nn.Linear(6, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    stats = engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0, criterion=criterion,
+    stats = engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), criterion=criterion,
                                    recipe=engine.StepRecipe(engine.Precision("none", scaler)), **kwargs)
     return model, stats
 
 
 def test_non_finite_loss_raises_without_loss_scaling():
     with pytest.raises(engine.NonFiniteLossError, match=r"loss is nan at epoch 0, step 2 \(global step 12\)"):
-        run(batches(), NaNAt(3), global_step_offset=10)
+        run(batches(), NaNAt(3), start=engine.EpochStart(global_step_offset=10))
 
 
 def test_non_finite_loss_under_loss_scaling_skips_and_counts_the_step():
@@ -63,9 +63,9 @@ def test_an_epoch_resumed_part_way_equals_the_whole_epoch():
     torch.manual_seed(0)
     model = nn.Linear(6, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    engine.train_one_epoch(model, batches()[:2], optimizer, torch.device("cpu"), epoch=0, criterion=NaNAt())
-    stats = engine.train_one_epoch(model, batches()[2:], optimizer, torch.device("cpu"), epoch=0, criterion=NaNAt(),
-                                   resume_step=2, meters=engine.new_meters(seen[1][1]))
+    engine.train_one_epoch(model, batches()[:2], optimizer, torch.device("cpu"), criterion=NaNAt())
+    stats = engine.train_one_epoch(model, batches()[2:], optimizer, torch.device("cpu"), criterion=NaNAt(),
+                                   start=engine.EpochStart(step=2, meters=engine.new_meters(seen[1][1])))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), whole.parameters()))
     assert stats == whole_stats
 
@@ -93,12 +93,12 @@ def test_unreadable_clips_are_skipped_counted_and_named_then_fail_past_the_limit
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with caplog.at_level(logging.WARNING):
         for _ in range(2):  # the same clip twice counts once
-            engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0,
+            engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"),
                                    criterion=nn.CrossEntropyLoss(), bad_samples=log)
     assert list(log.seen) == ["train.csv:2"] and caplog.text.count("skipped unreadable sample 1") == 1
     assert "gone: no such file or folder" in caplog.text
     with pytest.raises(TooManyBadSamplesError, match=r"1 unreadable samples, more than --max_bad_samples 0:\n.*gone"):
-        engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0, criterion=nn.CrossEntropyLoss(),
+        engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), criterion=nn.CrossEntropyLoss(),
                                bad_samples=BadSampleLog(limit=0))
 
 

@@ -77,7 +77,7 @@ def finetune_reads(log_every: int) -> Counter:
     loader = [(torch.randn(2, 3, 16, 32, 32, generator=gen), torch.randint(0, 5, (2,), generator=gen))
               for _ in range(STEPS)]
     with counting_host_reads(optimizer) as sites:
-        stats = engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0,
+        stats = engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"),
                                        criterion=nn.CrossEntropyLoss(),
                                        recipe=engine.StepRecipe(max_norm=1.0, log_every=log_every))
     assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
@@ -89,7 +89,7 @@ def pretrain_reads(log_every: int) -> Counter:
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
     loader = [(videos, masks)] * STEPS
     with counting_host_reads(optimizer) as sites:
-        stats = engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0,
+        stats = engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"),
                                                 objective=engine_pretrain.Objective(),
                                                 recipe=engine.StepRecipe(log_every=log_every))
     assert math.isfinite(stats["loss"])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import checkpoint as ckpt
+import engine
 import engine_pretrain
 import run_class_finetuning as rcf
 import run_mae_pretraining as rmp
@@ -191,7 +192,7 @@ def test_loss_falls_when_fitting_one_batch():
     objective = engine_pretrain.Objective(16, 2, True, 2, None)
     with torch.no_grad():
         before = objective.loss(model(videos, masks), objective.targets(videos, masks)).item()
-    stats = engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=0, objective=objective)
+    stats = engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), objective=objective)
     with torch.no_grad():
         after = objective.loss(model(videos, masks), objective.targets(videos, masks)).item()
     assert after < 0.8 * before, (before, after)
@@ -207,8 +208,9 @@ def test_non_finite_loss_names_the_step_and_the_last_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"nan at epoch 3, step 0 .*global step 30.*checkpoint-2.pth"):
         (tmp_path / "checkpoint-2.pth").touch()
         with training.naming_last_checkpoint(tmp_path):
-            engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"), epoch=3,
-                                            objective=engine_pretrain.Objective(), global_step_offset=30)
+            engine_pretrain.train_one_epoch(model, loader, optimizer, torch.device("cpu"),
+                                            objective=engine_pretrain.Objective(),
+                                            start=engine.EpochStart(epoch=3, global_step_offset=30))
 
 
 def test_repeated_sampling_splits_the_clip_and_repeats_its_mask():
