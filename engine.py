@@ -124,7 +124,8 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: t
                    max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Unscale, clip to max_norm (or only measure) the gradient norm, step. Returns the gradient norm and, under
     fp16, whether the scaler skipped the step (its gradients overflowed, it lowered its scale), both on the device.
-    (torch's GradScaler.step itself reads its overflow flag on the host unless the optimizer is fused.)"""
+    (GradScaler.step reads its overflow flag on the host unless the optimizer is fused: `training.create_optimizer`
+    makes it fused under loss scaling.)"""
     if scaler is not None:
         scaler.unscale_(optimizer)
     parameters = [p for p in model.parameters() if p.grad is not None]
@@ -136,6 +137,21 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: t
     scaler.step(optimizer)
     scaler.update()
     return grad_norm, scaler._get_scale_async() < before
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, skipped: torch.Tensor | None) -> None:
+    """timm's ModelEmaV3 step. Under fp16 the EMA follows applied steps only: a step the scaler skipped interpolates
+    with weight 0, so that the average stays as it was without reading the flag on the host."""
+    if skipped is None:
+        ema.update(model)
+        return
+    weight = torch.where(skipped, 0.0, 1.0 - ema.get_decay())
+    for ema_value, value in zip(ema.module.state_dict().values(), model.state_dict().values()):
+        if ema_value.is_floating_point():
+            ema_value.lerp_(value.to(ema_value.device), weight.to(ema_value.device))
+        else:
+            ema_value.copy_(value)
 
 
 def poisoned(loss: torch.Tensor) -> torch.Tensor:
@@ -369,9 +385,8 @@ def finish_step(model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Step
         all_reduce_gradients(model)
     scaler = recipe.precision.scaler
     grad_norm, skipped = optimizer_step(model, optimizer, scaler, recipe.max_norm)
-    # The EMA follows applied steps only; under fp16 whether one was applied is a host read (GradScaler made one).
-    if recipe.model_ema is not None and (skipped is None or not skipped.item()):
-        recipe.model_ema.update(model)
+    if recipe.model_ema is not None:
+        update_ema(recipe.model_ema, model, skipped)
     return {"trained": True, "grad_norm": grad_norm, "skipped": 0.0 if skipped is None else skipped}
 
 

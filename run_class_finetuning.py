@@ -260,7 +260,8 @@ def prepare_fit(args: argparse.Namespace, run: training.Run, model: nn.Module, d
     mixup_fn, criterion = create_criterion(args)
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
                            device="cpu" if args.model_ema_force_cpu else None) if args.model_ema else None
-    optimizer = training.create_optimizer(args, model, schedule.peak_lr, layer_decay=args.layer_decay)
+    optimizer = training.create_optimizer(args, model, schedule.peak_lr, layer_decay=args.layer_decay,
+                                           loss_scaling=precision.scaler is not None)
     state = training.resume(args, run, model, optimizer=optimizer, precision=precision, model_ema=model_ema,
                             max_bad_samples=args.max_bad_samples,
                             geometry=dict(batch_size=args.batch_size, update_freq=args.update_freq,

@@ -176,7 +176,7 @@ def prepare_fit(args: argparse.Namespace, run: training.Run, model: nn.Module, n
     global_batch = args.batch_size * run.process.world_size
     steps = training.steps_per_epoch(num_videos, global_batch, args.data_path)
     schedule = schedules.build_schedule(args, global_batch, steps)
-    optimizer = training.create_optimizer(args, model, schedule.peak_lr)
+    optimizer = training.create_optimizer(args, model, schedule.peak_lr, loss_scaling=precision.scaler is not None)
     state = training.resume(args, run, model, optimizer=optimizer, precision=precision,
                             max_bad_samples=args.max_bad_samples,
                             geometry=dict(batch_size=args.batch_size, processes=run.process.world_size))

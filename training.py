@@ -119,13 +119,21 @@ def steps_per_epoch(num_items: int, global_batch: int, what: str) -> int:
     return steps
 
 
-def create_optimizer(args: argparse.Namespace, model: nn.Module, lr: float,
-                     layer_decay: float | None = None) -> torch.optim.Optimizer:
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov", "momentum")  # timm's names of torch's fused optimizers
+
+
+def create_optimizer(args: argparse.Namespace, model: nn.Module, lr: float, layer_decay: float | None = None, *,
+                     loss_scaling: bool = False) -> torch.optim.Optimizer:
     """timm's optimizer from the original flags: no weight decay for 1-D parameters, biases and the names in
-    model.no_weight_decay() (matched exactly), and with `layer_decay` timm's per-layer learning-rate scales."""
+    model.no_weight_decay() (matched exactly), and with `layer_decay` timm's per-layer learning-rate scales.
+
+    Under fp16 loss scaling it is torch's fused implementation where there is one (AdamW, Adam, SGD): GradScaler then
+    hands it the overflow flag on the device, and an overflowed step is skipped there, instead of the flag being read
+    on the host at every step. Its arithmetic is AdamW's / SGD's, its rounding may differ in the last bits."""
+    fused = {"fused": True} if loss_scaling and args.opt.lower() in FUSED_OPTIMIZERS else {}
     return create_optimizer_v2(model, opt=args.opt, lr=lr, weight_decay=args.weight_decay, momentum=args.momentum,
                                eps=args.opt_eps, layer_decay=layer_decay,
-                               **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}))
+                               **({"betas": tuple(args.opt_betas)} if args.opt_betas else {}), **fused)
 
 
 def checkpoint_args(args: argparse.Namespace, run: Run, global_batch: int, **derived) -> argparse.Namespace:

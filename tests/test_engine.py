@@ -192,3 +192,20 @@ def test_compiled_evaluation_runs_full_and_last_batches_on_one_graph():
             out = engine.padded_forward(compiled, clips, pad_to=6)
             torch.testing.assert_close(out, model(clips), rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_the_ema_follows_applied_steps_only_decided_on_the_device():
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(0)
+    model, twin = nn.Linear(6, 3), nn.Linear(6, 3)
+    ema, reference = ModelEmaV3(model, decay=0.9), ModelEmaV3(model, decay=0.9)
+    before = [v.clone() for v in ema.module.state_dict().values()]
+    twin.load_state_dict({k: v + 1 for k, v in model.state_dict().items()})  # the weights after a step
+    engine.update_ema(ema, twin, skipped=torch.tensor(True))
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.state_dict().values(), before))
+    engine.update_ema(ema, twin, skipped=torch.tensor(False))
+    reference.update(twin)
+    for value, expected, old in zip(ema.module.state_dict().values(), reference.module.state_dict().values(), before):
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+        assert not torch.equal(value, old)

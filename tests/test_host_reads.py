@@ -9,6 +9,7 @@ are sent). tests/test_gpu.py counts the real synchronisations on CUDA.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from collections import Counter
@@ -19,11 +20,13 @@ import timm
 import torch
 from test_run_mae_pretraining import tiny_model_and_batch
 from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
 from torch import nn
 
 import engine
 import engine_pretrain
 import modeling_finetune  # noqa: F401  (registers the models)
+import training
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 HOST_SIDE = {"visible_count"}  # functions that read the loader's CPU tensors, before they go to the device
@@ -68,20 +71,28 @@ def counting_host_reads(optimizer: torch.optim.Optimizer):
             setattr(torch.Tensor, name, original)
 
 
-def finetune_reads(log_every: int) -> Counter:
+def finetune_reads(log_every: int, fp16: bool = False) -> Counter:
+    """fp16: autocast with a loss scaler, the optimizer the training scripts make under loss scaling, and an EMA."""
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_dim128_no_depth_patch16_64", img_size=32, depth=1, num_classes=5,
                               all_frames=16, lg_region_size=[2, 1, 2], lg_classify_token_type="region", fusion="add")
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+    args = argparse.Namespace(opt="adamw", weight_decay=0.05, momentum=0.9, opt_eps=1e-8, opt_betas=None)
+    optimizer = training.create_optimizer(args, model, 1e-3, loss_scaling=fp16)
+    precision = engine.Precision("fp16", torch.amp.GradScaler("cpu")) if fp16 else engine.FLOAT32
+    ema = ModelEmaV3(model, decay=0.9) if fp16 else None
     gen = torch.Generator().manual_seed(0)
     loader = [(torch.randn(2, 3, 16, 32, 32, generator=gen), torch.randint(0, 5, (2,), generator=gen))
               for _ in range(STEPS)]
     with counting_host_reads(optimizer) as sites:
-        stats = engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"),
-                                       criterion=nn.CrossEntropyLoss(),
-                                       recipe=engine.StepRecipe(max_norm=1.0, log_every=log_every))
+        stats = engine.train_one_epoch(model, loader, optimizer, torch.device("cpu"), criterion=nn.CrossEntropyLoss(),
+                                       recipe=engine.StepRecipe(precision, max_norm=1.0, model_ema=ema,
+                                                                log_every=log_every))
     assert math.isfinite(stats["loss"]) and stats["skipped_steps"] == 0
     return sites
+
+
+def fp16_finetune_reads(log_every: int) -> Counter:
+    return finetune_reads(log_every, fp16=True)
 
 
 def pretrain_reads(log_every: int) -> Counter:
@@ -96,7 +107,7 @@ def pretrain_reads(log_every: int) -> Counter:
     return sites
 
 
-@pytest.mark.parametrize("count_reads", [finetune_reads, pretrain_reads])
+@pytest.mark.parametrize("count_reads", [finetune_reads, fp16_finetune_reads, pretrain_reads])
 def test_at_most_one_host_read_per_log_every_steps(count_reads):
     # Bound: one read per log_every steps, plus the epoch's end (the last steps' values and the epoch averages).
     for log_every in (4,):
