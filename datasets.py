@@ -28,12 +28,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import default_collate
 from torchvision.transforms import RandomResizedCrop
 
-from annotations import DATASETS, Annotation, DatasetInfo, parse_line, read_annotations  # noqa: F401
+from annotations import DATASETS, Annotation, read_annotations
 from augment_device import ClipDraw, DeviceAugment, draw_erase, erase_, erase_drawer, pack_draw
 from distributed import get_rank, get_world_size
 from rng import seeded_rngs
 from video_augment import VideoRandAugment
-from video_io import VIDEO_EXTENSIONS, FrameSource, resize_frames  # noqa: F401
+from video_io import FrameSource
 
 logger = logging.getLogger(__name__)
 

@@ -226,6 +226,21 @@ def crop_boxes(track: np.ndarray, scale: float, radius: int) -> np.ndarray:
     return np.array([crop_box(b, scale) for b in fill_missing(smooth_boxes(track, radius))])
 
 
+def add_face_arguments(group, *, whole_frame: bool = True) -> None:
+    """The flags of finding and cropping faces that run_inference.py and preprocess/extract_faces.py share (an
+    argparse parser or argument group). `whole_frame`: offer `--face none` (the frames are face crops already)."""
+    add = group.add_argument
+    add("--face", default="dnn", choices=[name for name in DETECTORS if whole_frame or name != "none"],
+        help="face detector: dnn (OpenCV's res10 SSD), haar (OpenCV's Haar cascade: misses tilted and small faces)"
+        + (", none (the frames are face crops already)" if whole_frame else ""))
+    add("--detect_size", default=320, type=int, help="haar only: detect on frames scaled down to this longest side")
+    add("--face_scale", default=None, type=float, help="crop side / detected face side (default: 1.5 for dnn, 1.4 "
+        "for haar: the same crop of a frontal face)")
+    add("--smooth", default=2, type=int, help="box smoothing radius, in examined frames")
+    add("--align", default="none", choices=["none", "eyes"], help="eyes: turn each crop upright by the line of the "
+        "eyes (OpenCV's Haar eye cascade inside the face box; docs/FACES.md)")
+
+
 def make_detector(name: str, detect_size: int = 320) -> FaceDetector:
     """The detector `name` of DETECTORS; `detect_size` is the Haar cascade's working size (the SSD's is fixed)."""
     return HaarFaceDetector(max_side=detect_size) if name == "haar" else DETECTORS[name]()

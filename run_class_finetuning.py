@@ -28,8 +28,9 @@ import engine
 import preemption
 import schedules
 import training
+from annotations import DATASETS
 from augment_device import DeviceAugment
-from datasets import DATASETS, build_dataset
+from datasets import build_dataset
 from metrics import format_summary, write_test_report
 from models import create_model, resolve_fusion
 

@@ -27,10 +27,11 @@ import checkpoint as ckpt
 import faces
 import timeline
 import utils
-from datasets import DATASETS, VIDEO_EXTENSIONS
+from annotations import DATASETS
 from engine_inference import VideoError, process_video
 from modeling_finetune import LGConfig, infer_fusion
 from models import FULL_SIZE, create_model
+from video_io import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu")
     add("--amp", default=None, choices=["none", "fp16", "bf16"],
         help="default: bf16 on CUDA (else fp16), none (float32) on the CPU")
-    add = p.add_argument_group("faces").add_argument
-    add("--face", default="dnn", choices=list(faces.DETECTORS), help="face detector: dnn (OpenCV's res10 SSD), "
-        "haar (OpenCV's Haar cascade: misses tilted and small faces), none (the frames are face crops already)")
-    add("--detect_size", default=320, type=int, help="haar only: detect on frames scaled down to this longest side")
-    add("--face_scale", default=None, type=float, help="crop side / detected face side (default: 1.5 for "
-        "dnn, 1.4 for haar: the same crop of a frontal face)")
-    add("--smooth", default=2, type=int, help="box smoothing radius, in examined frames")
-    add("--align", default="none", choices=["none", "eyes"], help="eyes: turn each crop upright by the line of the "
-        "eyes (OpenCV's Haar eye cascade inside the face box; docs/FACES.md)")
+    faces_group = p.add_argument_group("faces")
+    faces.add_face_arguments(faces_group)
+    add = faces_group.add_argument
     add("--min_face_frames", default=None, type=int, help="predict a window only if this many of its frames "
         "had a face (default: half)")
     add = p.add_argument_group("output and demo").add_argument

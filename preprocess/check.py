@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from annotations import DATASETS
 from data_check import check_annotations
-from datasets import DATASETS
 from preprocess.common import DATASET_DIRS
 
 

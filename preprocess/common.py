@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
+from annotations import DATASETS
 from data_check import check_annotations
-from datasets import DATASETS
 
 SAVED = Path(__file__).resolve().parent.parent / "saved" / "data"
 # Output folder name under saved/data (the originals') -> --data_set name; None: unlabelled (pretraining).

@@ -28,9 +28,9 @@ import numpy as np
 from tqdm import tqdm
 
 import faces
-from datasets import VIDEO_EXTENSIONS
 from engine_inference import VideoError, eye_angles, open_video, read_frames
 from preprocess.common import cli
+from video_io import VIDEO_EXTENSIONS
 
 EXTENSIONS = (*VIDEO_EXTENSIONS, ".flv")  # CREMA-D is distributed as Flash video
 REPORT = "extract_report.csv"
@@ -45,13 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--out", required=True, type=Path, help="face-frame folders go to OUT/<path of the video under ROOT>/")
     add("--glob", default="**/*", help="which files under ROOT to consider (default: %(default)s; e.g. "
         "'Actor_*/02-01-*' for RAVDESS' video-only speech clips)")
-    add("--face", default="dnn", choices=[k for k in faces.DETECTORS if k != "none"], help="face detector")
-    add("--detect_size", default=320, type=int, help="haar only: detect on frames scaled to this longest side")
-    add("--face_scale", default=None, type=float, help="crop side / detected face side (default: 1.5 for "
-        "dnn, 1.4 for haar: the same crop of a frontal face)")
-    add("--smooth", default=2, type=int, help="box smoothing radius, in frames")
-    add("--align", default="none", choices=["none", "eyes"], help="eyes: turn each crop upright by the line of the "
-        "eyes (docs/FACES.md)")
+    faces.add_face_arguments(p, whole_frame=False)
     add("--size", default=224, type=int, help="side of the square crops written, in pixels")
     add("--workers", default=os.cpu_count() or 1, type=int, help="videos processed in parallel (processes)")
     return p

@@ -16,7 +16,7 @@ import argparse
 import os
 from pathlib import Path
 
-from datasets import parse_line
+from annotations import parse_line
 
 
 def get_args_parser() -> argparse.ArgumentParser:

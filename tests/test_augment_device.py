@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, default_collate
 import augment_device
 import datasets
 import video_augment
+from annotations import Annotation
 from augment_device import DeviceAugment, pack_draw
 from cli import add_augment_arguments
-from datasets import Annotation, ClipDataset, build_dataset, resolve_augment_on, seed_worker
+from datasets import ClipDataset, build_dataset, resolve_augment_on, seed_worker
 from demo_data import make_demo_dataset
 from video_augment import VideoRandAugment
 

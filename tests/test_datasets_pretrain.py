@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import Annotation
+from annotations import Annotation
 from datasets_pretrain import (
     MULTI_SCALES,
     PretrainDataset,

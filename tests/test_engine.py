@@ -11,7 +11,8 @@ from support.clips import clip_dataset
 from torch import nn
 
 import engine
-from datasets import Annotation, BadSample, BadSampleLog, TooManyBadSamplesError, collate_skipping_bad
+from annotations import Annotation
+from datasets import BadSample, BadSampleLog, TooManyBadSamplesError, collate_skipping_bad
 
 
 def batches(n: int = 4, size: int = 4, seed: int = 0):

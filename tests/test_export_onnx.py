@@ -14,7 +14,7 @@ import checkpoint as ckpt
 import export_onnx
 import run_class_finetuning as rcf
 import run_inference as ri
-from datasets import DATASETS
+from annotations import DATASETS
 from demo_data import make_face_video
 from models import create_model
 

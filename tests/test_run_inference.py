@@ -16,7 +16,8 @@ import checkpoint as ckpt
 import engine_inference as ei
 import run_class_finetuning as rcf
 import run_inference as ri
-from datasets import DATASETS, loaded_test_indices
+from annotations import DATASETS
+from datasets import loaded_test_indices
 from demo_data import make_demo_dataset, make_face_video, make_scene_video
 
 CLASSES = list(DATASETS["DEMO"].classes)
