@@ -1,12 +1,9 @@
 """Compiled evaluation without recompiles: static shapes with the last batch padded, against a dynamic batch.
 
-As run_class_finetuning.py --compile does, a training step of the compiled model (batch B) runs first; then
-evaluation batches of size E and a last partial batch P < E, through: `eager` (the module); `static + pad` (the
-scripts' --compile: `training.evaluation_model`, the partial batch padded to E by `engine.padded_forward`);
-`dynamic` (torch.compile(dynamic=True), no padding); `automatic` (torch's default: a new batch size recompiles,
-then the dimension turns dynamic). For each: seconds of the first full and partial calls (compilation included),
-ms per full and partial batch after that, and the graphs compiled for evaluation (1 = no recompile); the variants
-take turns over --rounds rounds, median [min-max].
+After the compiled training step (batch B), evaluation batches of E and a last partial batch P < E through `eager`,
+`static + pad` (the scripts' --compile: `training.evaluation_model`, P padded to E by `engine.padded_forward`),
+`dynamic` (dynamic=True) and `automatic` (torch's default): the first calls' seconds, ms per batch after them and
+the graphs compiled for evaluation (1 = no recompile); the variants take turns over --rounds, median [min-max].
 
     python benchmarks/bench_compile.py                          # CPU: the demo's model, B 16, E 24, P 7
     python benchmarks/bench_compile.py --device cuda --full     # the full-size model in bf16, B 32, E 48, P 13

@@ -1,10 +1,8 @@
 """Face detectors on tilted and scaled real faces, and face extraction's frames/s per core.
 
-Frames of 640x360: the portrait matplotlib ships, its head turned by ±angle and scaled to a face height (eyes to
-mouth) in pixels, pasted at random places on the two photographs scikit-learn ships (demo_data.face_scene). A face
-counts as found when a detection overlaps the face's box by IoU >= 0.3. Both detectors (faces.DETECTORS: haar, the
-old default, and dnn) take turns on every frame; the no-face frames are the backgrounds alone. Then
-preprocess/extract_faces.py (one process, one OpenCV thread) on 25 fps videos of a moving, tilting face.
+640x360 frames of the portrait matplotlib ships, turned by ±angle and scaled to a face height (eyes to mouth),
+pasted on scikit-learn's two photographs (demo_data.face_scene); found = a detection with IoU >= 0.3. Both
+detectors (haar, dnn) take turns on every frame. Then preprocess/extract_faces.py (one process, one OpenCV thread).
 
     python benchmarks/bench_faces.py                  # 4 sizes x 4 angles x 20 frames, 4 videos extracted
     python benchmarks/bench_faces.py --frames 5 --videos 1

@@ -1,14 +1,9 @@
-"""Speed, memory and FLOPs of the full-size fine-tune models on the CPU, ours side by side with an original-style
-baseline.
+"""Speed, memory and FLOPs of the full-size fine-tune models on the CPU, ours against an original-style baseline.
 
-The baseline is `tests/support/spec_reference.py`: an independent transcription of the original code's forward
-(explicit softmax attention, per-sample CA motion loop, cloned in-place writes, MKL matmuls) with the same
-parameters. Each measurement runs in a process of its own, so that its peak memory is that configuration's alone,
-and the baseline and our variants take turns, round after round, so that a busy machine slows them alike: every
-figure is the median [min-max] over the rounds, the speed-up that of the per-round ratios. Variants of ours: `cl`
-stores the convolutions' weights and the clip channels-last; `onednn` / `mkl` forces the float32 CPU matmul kernel
-that `layers.ONEDNN_LINEAR` does not pick on this processor. The GPU check times these models' train
-steps on a GPU.
+The baseline is `tests/support/spec_reference.py`, an independent transcription of the original forward. Each
+measurement runs in a fresh process (its peak memory is its own); baseline and variants take turns round after
+round: median [min-max] over the rounds, the speed-up that of the per-round ratios. Variants: `cl` (convolutions and
+clip channels-last), `onednn` / `mkl` (the float32 matmul kernel `layers.ONEDNN_LINEAR` does not pick here).
 
     python benchmarks/bench_model.py                        # batch 1 and 8, eval and train step, both models
     python benchmarks/bench_model.py --batch 1 --rounds 2   # quicker
