@@ -4,7 +4,7 @@ An entry is a folder of frames (sorted `*.jpg`, `*.png` for MAFW), one image (re
 Validation and test clips are computed exactly as the original does (PIL decode and bilinear resize), so merged
 test probabilities match it. Training draws the same augmentations with one set of decisions per clip, on uint8
 frame stacks, decoding and augmenting each distinct frame once: over twice the original's clips/s
-(benchmarks/bench_data.py). The dataset table and the CSVs are read in annotations.py, frames in video_io.py.
+(benchmarks/results/SETTLED.md). The dataset table and the CSVs are read in annotations.py, frames in video_io.py.
 With augment_on "device" a training item is the uint8 clip and its drawn parameters,
 for augment_device.DeviceAugment to apply to the batch on the model's device.
 """

@@ -27,7 +27,7 @@ class HaarFaceDetector:
     """OpenCV's Haar cascade, run on the frame scaled down to at most `max_side` pixels (the cost is ~ pixels).
 
     `alt2` found the face in every frame of our moving-portrait videos down to 54-px faces in 640x360 frames at
-    max_side 320, where the `default` cascade missed 9 % (benchmarks/bench_inference.py).
+    max_side 320, where the `default` cascade missed 9 % (benchmarks/results/SETTLED.md).
     """
 
     def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", max_side: int = 320,

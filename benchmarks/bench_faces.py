@@ -1,10 +1,8 @@
 """Face detectors on tilted and scaled real faces, and face extraction's frames/s per core.
 
-Frames of 640x360: the portrait matplotlib ships, its head turned by ±angle and scaled to a face height (eyes to
-mouth) in pixels, pasted at random places on the two photographs scikit-learn ships (demo_data.face_scene). A face
-counts as found when a detection overlaps the face's box by IoU >= 0.3. Both detectors (faces.DETECTORS: haar, the
-old default, and dnn) take turns on every frame; the no-face frames are the backgrounds alone. Then
-preprocess/extract_faces.py (one process, one OpenCV thread) on 25 fps videos of a moving, tilting face.
+640x360 frames of the portrait matplotlib ships, turned by ±angle and scaled to a face height (eyes to mouth),
+pasted on scikit-learn's two photographs (demo_data.face_scene); found = a detection with IoU >= 0.3. Both
+detectors (haar, dnn) take turns on every frame. Then preprocess/extract_faces.py (one process, one OpenCV thread).
 
     python benchmarks/bench_faces.py                  # 4 sizes x 4 angles x 20 frames, 4 videos extracted
     python benchmarks/bench_faces.py --frames 5 --videos 1
@@ -13,26 +11,19 @@ preprocess/extract_faces.py (one process, one OpenCV thread) on 25 fps videos of
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
-from common import RESULTS, machine  # the repository root is on the path from here on
+from common import report, spread
 
 import faces
 from demo_data import background_photo, face_photo, face_scene, make_scene_video
 from preprocess import extract_faces
 
 SIZE = (640, 360)
-
 
 
 def found(boxes: np.ndarray, truth: np.ndarray) -> bool:
@@ -69,8 +60,8 @@ def recall_table(args: argparse.Namespace, detectors: dict) -> tuple[list[dict],
         for frame in (background, background[:, ::-1].copy(), background[::-1].copy()):
             for name, detect in detectors.items():
                 false[name] += len(detect(frame))
-    timing = {name: dict(median=statistics.median(t), min=min(t), max=max(t), frames=len(t)) for name, t in ms.items()}
-    return rows, dict(ms_per_frame=timing, false_detections_in_6_no_face_frames=false)
+    return rows, dict(ms_per_frame={name: spread(t, 1) for name, t in ms.items()},
+                      false_detections_in_6_no_face_frames=false)
 
 
 def extraction_speed(args: argparse.Namespace) -> dict:
@@ -126,19 +117,8 @@ def main() -> None:
         alignment_figure(args.figure)
     detectors = {name: faces.make_detector(name) for name in ("haar", "dnn")}
     rows, other = recall_table(args, detectors)
-    for name, t in other["ms_per_frame"].items():
-        print(f"{name}: {t['median']:.1f} ms per frame [{t['min']:.1f}-{t['max']:.1f}], "
-              f"{other['false_detections_in_6_no_face_frames'][name]} detections in 6 frames without a face")
-    extraction = extraction_speed(args)
-    now = datetime.now(timezone.utc)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{now:%Y-%m-%d}-{platform.node() or 'machine'}-faces.json"
-    path.write_text(json.dumps(dict(date=now.isoformat(timespec="seconds"), machine=machine(),
-                                    load_average=os.getloadavg(),
-                                    command=" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                                    opencv=cv2.__version__, recall=rows, **other, extraction=extraction),
-                               indent=1) + "\n")
-    print(f"wrote {path}")
+    print(other)
+    report("faces", rows, opencv=cv2.__version__, **other, extraction=extraction_speed(args))
 
 
 if __name__ == "__main__":

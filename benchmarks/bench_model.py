@@ -1,16 +1,11 @@
-"""Speed, memory and FLOPs of the full-size fine-tune models, ours side by side with an original-style baseline.
+"""Speed, memory and FLOPs of the full-size fine-tune models on the CPU, ours against an original-style baseline.
 
-The baseline is `tests/spec_reference.py`: an independent transcription of the original code's forward
-(explicit softmax attention, per-sample CA motion loop, cloned in-place writes, MKL matmuls) with the same
-parameters. Each measurement runs in its own process so that peak RSS is that configuration's alone, and the
-baseline and our variants take turns, round after round, so that a busy machine slows all of them alike: every
-figure is the median [min-max] over the rounds, the speed-up that of the per-round ratios.
+The baseline is `tests/support/spec_reference.py`, an independent transcription of the original forward. Each
+measurement runs in a fresh process (its peak memory is its own); baseline and variants take turns round after
+round: median [min-max] over the rounds, the speed-up that of the per-round ratios. Variants: `cl` (convolutions and
+clip channels-last), `onednn` / `mkl` (the float32 matmul kernel `layers.ONEDNN_LINEAR` does not pick here).
 
-Variants of ours: `cl` stores the patch embedding's Conv3d and the CA branch's Conv2d weights (and the input clip)
-channels-last (`channels_last_3d` / `channels_last`), the measurement that decides whether the models use it;
-`onednn` / `mkl` force the float32 CPU matmul kernel that `layers.ONEDNN_LINEAR` does not pick on this processor.
-
-    python benchmarks/bench_model.py                 # CPU: batch 1 and 8, eval and train step, both models
+    python benchmarks/bench_model.py                        # batch 1 and 8, eval and train step, both models
     python benchmarks/bench_model.py --batch 1 --rounds 2   # quicker
 """
 
@@ -18,41 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
-import time
 from functools import partial
-from typing import NamedTuple
 
 import numpy as np
 import timm
 import torch
-from common import ROOT
-from torch.utils.flop_counter import FlopCounterMode
+from common import FT_FULL, ROOT, gflops, peak_memory_gib, report, spread, timed
 
 import layers
 import modeling_finetune  # noqa: F401  (registers the models)
 import utils
 
 MODELS = {"MAE-DFER": ("maedfer_ft_base", None), "CA add": ("ca_add_ft_base", "add")}
-KWARGS = dict(num_classes=7, all_frames=16, tubelet_size=2, drop_path_rate=0.1, use_mean_pooling=True,
-              init_scale=0.001, depth=16, attn_type="local_global", lg_region_size=[2, 5, 10],
-              lg_classify_token_type="region")
-# The original code on the 2-core reference machine, batch 1, fp32, 2 threads, for context only.
-ORIGINAL_REPORTED = {("MAE-DFER", "eval"): 0.539, ("CA add", "eval"): 0.609,
-                     ("MAE-DFER", "train"): 1.665, ("CA add", "train"): 1.904}
 
 
 def build(impl: str, fusion: str | None) -> torch.nn.Module:
     if impl == "ours":
-        return timm.create_model("vit_base_dim512_no_depth_patch16_160", fusion=fusion, **KWARGS)
+        return timm.create_model(FT_FULL["model"], num_classes=FT_FULL["classes"], fusion=fusion, **FT_FULL["kwargs"])
     from spec_reference import build_reference
 
     return build_reference(img_size=160, patch_size=16, embed_dim=512, num_heads=8, mlp_ratio=4, qkv_bias=True,
                            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), fusion=fusion,
-                           **KWARGS)
+                           num_classes=FT_FULL["classes"], **FT_FULL["kwargs"])
 
 
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
@@ -65,92 +49,52 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class Variant(NamedTuple):
-    amp: str = "fp32"
-    compile: bool = False
-    channels_last: bool = False
-    onednn: bool | None = None  # the float32 CPU matmul kernel: None = layers.ONEDNN_LINEAR's choice
-
-    @property
-    def name(self) -> str:
-        kernel = "" if self.onednn is None else " onednn" if self.onednn else " mkl"
-        return self.amp + (" compile" if self.compile else "") + (" cl" if self.channels_last else "") + kernel
-
-
-def measure(impl: str, model_name: str, mode: str, batch: int, device: str, variant: list, repeats: int) -> dict:
-    """Time one configuration in this process; returns the median seconds per step and the peak memory."""
-    amp, compile_, channels_last, onednn = Variant(*variant)
+def measure(impl: str, model_name: str, mode: str, batch: int, repeats: int, channels_last: bool = False,
+            onednn: bool | None = None) -> dict:
+    """One configuration in this process: the median seconds of a step (eval: forward; train: forward and
+    backward) after one warm-up, and the peak memory."""
     if onednn is not None:
         layers.ONEDNN_LINEAR = onednn
     torch.manual_seed(0)
-    fusion = MODELS[model_name][1]
-    model = build(impl, fusion).to(device)
-    model.train(mode == "train")
-    x = torch.randn(batch, 3, 16, 160, 160, device=device)
+    model = build(impl, MODELS[model_name][1]).train(mode == "train")
+    x = torch.randn(batch, 3, FT_FULL["frames"], FT_FULL["img"], FT_FULL["img"])
     if channels_last:
-        model = to_channels_last(model)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    if compile_:
-        model = torch.compile(model)
-    target = torch.randint(0, 7, (batch,), device=device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=amp == "bf16")
+        model, x = to_channels_last(model), x.contiguous(memory_format=torch.channels_last_3d)
+    target = torch.randint(0, FT_FULL["classes"], (batch,))
 
     def step():
         if mode == "eval":
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode():
                 return model(x)
-        with autocast:
-            loss = torch.nn.functional.cross_entropy(model(x), target)
-        loss.backward()
-        return loss
+        torch.nn.functional.cross_entropy(model(x), target).backward()
 
-    step()  # warm-up (and compilation)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return dict(seconds=float(np.median(times)), peak_bytes=peak)
+    return dict(seconds=float(np.median(timed(step, repeats=repeats))), peak_gib=peak_memory_gib("cpu"))
 
 
-def count_gflops(model_name: str) -> float:
-    model = build("ours", MODELS[model_name][1]).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, 16, 160, 160))
-    return counter.get_total_flops() / 1e9
+def in_child(args: argparse.Namespace, **config) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps({**config, "repeats": args.repeats}),
+           "--threads", str(args.threads)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
-def matmul_rates() -> dict[str, float]:
-    """GFLOP/s of a float32 GEMM shaped like the MLP: torch.mm (MKL) and oneDNN, the two kernels in play."""
-    from layers import _ONEDNN, _onednn_matmul
-
-    a, w = torch.randn(6464, 512), torch.randn(2048, 512)
-    kernels = {"torch.mm": lambda: a @ w.t()}
-    if _ONEDNN:
-        kernels["oneDNN"] = lambda: _onednn_matmul(a, w)
-    rates = {}
-    for name, fn in kernels.items():
-        fn()
-        start = time.perf_counter()
-        for _ in range(10):
-            fn()
-        rates[name] = 2 * 6464 * 512 * 2048 * 10 / (time.perf_counter() - start) / 1e9
-    return rates
-
-
-def run_child(args: argparse.Namespace, impl: str, model_name: str, mode: str, batch: int, variant: Variant) -> dict:
-    config = dict(impl=impl, model_name=model_name, mode=mode, batch=batch, device=args.device, variant=variant,
-                  repeats=args.repeats)
-    cmd = [sys.executable, __file__, "--child", json.dumps(config), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def model_rows(args: argparse.Namespace, model_name: str, mode: str, batch: int) -> list[dict]:
+    """Ours (each variant) against the baseline, taking turns for --rounds rounds, each run in a fresh process."""
+    variants = {"ours": {}, "ours cl": dict(channels_last=True)}
+    if layers._ONEDNN:  # the kernel ONEDNN_LINEAR does not pick here
+        variants["ours mkl" if layers.ONEDNN_LINEAR else "ours onednn"] = dict(onednn=not layers.ONEDNN_LINEAR)
+    config = dict(model_name=model_name, mode=mode, batch=batch)
+    base, ours = [], {name: [] for name in variants}
+    for _ in range(args.rounds):
+        base.append(in_child(args, impl="reference", **config))
+        for name, options in variants.items():
+            ours[name].append(in_child(args, impl="ours", **config, **options))
+    return [dict(model=model_name, mode=mode, batch=batch, variant=name,
+                 s_per_clip=spread([r["seconds"] / batch for r in runs]),
+                 baseline_s_per_clip=spread([b["seconds"] / batch for b in base]),
+                 speedup=spread([b["seconds"] / r["seconds"] for b, r in zip(base, runs)], 2),
+                 peak_gib=max(r["peak_gib"] for r in runs),
+                 mem_ratio=round(max(r["peak_gib"] for r in runs) / max(b["peak_gib"] for b in base), 2))
+            for name, runs in ours.items()]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -159,57 +103,24 @@ def main(args: argparse.Namespace) -> None:
         utils.keep_freed_memory()  # as the entry scripts do
         print(json.dumps(measure(**json.loads(args.child))))
         return
-    from common import machine, spread
-
     expected = json.loads((ROOT / "tests" / "data" / "keys" / "flops.json").read_text())
-    rates = matmul_rates()
-    print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads; float32 GEMM rate: "
-          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
-    variants = [Variant(), Variant(channels_last=True)]
-    if args.device == "cpu" and layers._ONEDNN:
-        variants.append(Variant(onednn=not layers.ONEDNN_LINEAR))
-    if args.device == "cuda":
-        variants += [Variant("bf16"), Variant("bf16", channels_last=True), Variant("bf16", compile=True)]
-    print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}; {args.rounds} rounds, each "
-          f"the median of {args.repeats} timed steps after one warm-up")
-    header = (f"{'model':9} {'mode':5} {'batch':>5} {'variant':12} {'ours s/clip':>21} {'baseline s/clip':>21} "
-              f"{'speed-up':>19} {'peak GiB':>8} {'mem ratio':>9} {'of GEMM':>7}")
-    for model_name in args.models:
-        key = MODELS[model_name][0]
-        gflops = count_gflops(model_name)
-        reference = expected[key]["flops_1clip"]["gflops"]
-        print(f"\n{model_name}: {gflops:.3f} GFLOPs per clip (FlopCounterMode); original {reference:.3f} "
-              f"({100 * (gflops / reference - 1):+.2f}%)")
-        print(header)
-        for mode in args.modes:
-            for batch in args.batch:
-                base, ours = [], {variant: [] for variant in variants}
-                for _ in range(args.rounds):
-                    base.append(run_child(args, "reference", model_name, mode, batch, Variant()))
-                    for variant in variants:
-                        ours[variant].append(run_child(args, "ours", model_name, mode, batch, variant))
-                base_s = [b["seconds"] / batch for b in base]
-                for variant, runs in ours.items():
-                    per_clip = [r["seconds"] / batch for r in runs]
-                    ratios = [b["seconds"] / r["seconds"] for b, r in zip(base, runs)]
-                    peak = max(r["peak_bytes"] for r in runs)
-                    flops = gflops * (3 if mode == "train" else 1)
-                    share = 100 * flops / float(np.median(per_clip)) / max(rates.values())
-                    print(f"{model_name:9} {mode:5} {batch:5} {variant.name:12} {spread(per_clip, 3):>21} "
-                          f"{spread(base_s, 3):>21} {spread(ratios, 2) + 'x':>19} {peak / 2**30:8.2f} "
-                          f"{peak / max(b['peak_bytes'] for b in base):9.2f} {share:6.0f}%")
-    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
-    print("speed-up and mem ratio: ours against the original-style baseline, measured now, same process setup; "
-          f"cl = channels_last; ours' float32 CPU matmuls: {'oneDNN' if layers.ONEDNN_LINEAR else 'MKL'} "
-          f"({layers.cpu_vendor() or 'unknown vendor'}), onednn / mkl: the other kernel forced.")
-    print("of GEMM: achieved FLOP rate (train = 3x forward FLOPs) as a share of the faster GEMM rate above.")
-    print("Original code as reported on the 2-core reference machine (batch 1): "
-          + ", ".join(f"{m} {mode} {s:.3f} s" for (m, mode), s in ORIGINAL_REPORTED.items()))
+    clip = torch.zeros(1, 3, FT_FULL["frames"], FT_FULL["img"], FT_FULL["img"])
+    counted = {}
+    for name in args.models:
+        key, fusion = MODELS[name]
+        model = build("ours", fusion).eval()
+        with torch.no_grad():
+            counted[name] = dict(ours=round(gflops(lambda m=model: m(clip)), 3),
+                                 original=expected[key]["flops_1clip"]["gflops"])
+    print(f"GFLOPs per clip (FlopCounterMode), ours and the original's: {counted}", flush=True)
+    rows = [row for name in args.models for mode in args.modes for batch in args.batch
+            for row in model_rows(args, name, mode, batch)]
+    report("model", rows, threads=args.threads, gflops_per_clip=counted,
+           float32_matmuls="oneDNN" if layers.ONEDNN_LINEAR else "MKL", cpu_vendor=layers.cpu_vendor())
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))

@@ -1,8 +1,9 @@
 """ONNX Runtime against eager PyTorch on the CPU: export time, largest logit difference and seconds per batch.
 
-Full-size MAE-DFER and MAE-DFER-CA (fusion add), random weights in our checkpoint format, exported by export_onnx.py;
-then, at each batch size, eager PyTorch and ONNX Runtime take turns on the same normalised clip (both with
---threads threads), and each timing is the median [min-max] of --repeats runs after one warm-up.
+The full-size MAE-DFER and MAE-DFER-CA (fusion add), random weights in our checkpoint format, exported by
+export_onnx.py; at each batch size eager PyTorch and ONNX Runtime take turns on the same clip (--threads threads
+each): seconds per call, median [min-max] of --repeats after one warm-up. The results file is rewritten after every
+row, so a long run that is stopped keeps what it measured.
 
     python benchmarks/bench_onnx.py                                  # both models, batch 1 and 8: long on 2 cores
     python benchmarks/bench_onnx.py --fusions add --batch_sizes 1 --repeats 3
@@ -11,51 +12,35 @@ then, at each batch size, eager PyTorch and ONNX Runtime take turns on the same 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import sys
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from common import RESULTS, machine  # the repository root is on the path from here on
+from common import full_size_checkpoint, report, spread, take_turns, write_result
 
 import checkpoint as ckpt
 import export_onnx
-import run_class_finetuning as rcf
-from models import create_model
+from models import FULL_SIZE, create_model
 
 
-def spread(seconds: list[float]) -> dict:
-    return dict(median=statistics.median(seconds), min=min(seconds), max=max(seconds), runs=len(seconds))
-
-
-def full_size_checkpoint(folder: Path, fusion: str) -> Path:
-    """The released scripts' DFEW model (depth 16, 16 x 160 x 160), random weights, saved as our fine-tuning saves."""
-    args = rcf.get_args_parser().parse_args([
-        "--model", "vit_base_dim512_no_depth_patch16_160", "--depth", "16", "--input_size", "160", "--nb_classes",
-        "7", "--data_set", "DFEW", "--lg_region_size", "2", "5", "10", "--fusion", fusion, "--output_dir", str(folder)])
-    model = create_model(args)
-    folder.mkdir(parents=True)
-    return ckpt.save_model(folder, 0, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), args=args)
-
-
-def take_turns(runners: dict, clip: torch.Tensor, repeats: int) -> dict:
-    """Seconds per call of each runner, alternating between them, after one warm-up call each."""
-    times = {name: [] for name in runners}
-    with torch.no_grad():
-        for run in runners.values():
-            run(clip)
-        for _ in range(repeats):
-            for name, run in runners.items():
-                start = time.perf_counter()
-                run(clip)
-                times[name].append(time.perf_counter() - start)
-    return {name: spread(t) for name, t in times.items()}
+def onnx_rows(fusion: str, batch_sizes: list[int], repeats: int, threads: int, folder: Path):
+    """Per batch size: eager PyTorch and ONNX Runtime taking turns, with the export's seconds and logit difference."""
+    checkpoint = full_size_checkpoint(folder / fusion, fusion)
+    out = folder / f"{fusion}.onnx"
+    exported = export_onnx.main(export_onnx.get_args_parser().parse_args(
+        ["--checkpoint", str(checkpoint), "--out", str(out)]))
+    model = create_model(argparse.Namespace(**vars(ckpt.load_checkpoint(checkpoint)["args"])))
+    ckpt.load_model_weights(model, checkpoint)
+    runners = {"pytorch eager": model.eval(), "onnxruntime": export_onnx.OnnxModel(out, threads)}
+    frames, size = FULL_SIZE["num_frames"], FULL_SIZE["input_size"]
+    for batch in batch_sizes:
+        clip = torch.randn(batch, 3, frames, size, size)
+        with torch.no_grad():
+            seconds = take_turns({name: lambda run=run, clip=clip: run(clip) for name, run in runners.items()}, repeats)
+        yield dict(fusion=fusion, batch=batch, export_s=exported["seconds"], max_abs_diff=exported["max_abs_diff"],
+                   **{f"{name} s": spread(s, 2) for name, s in seconds.items()},
+                   speedup=round(spread(seconds["pytorch eager"])["median"] / spread(seconds["onnxruntime"])["median"],
+                                 2))
 
 
 def main() -> None:
@@ -67,35 +52,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of both backends")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    now = datetime.now(timezone.utc)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{now:%Y-%m-%d}-{platform.node() or 'machine'}-onnx.json"
-    results = dict(date=now.isoformat(timespec="seconds"), machine=machine(), load_average=os.getloadavg(),
-                   command=" ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), threads=args.threads,
-                   torch=torch.__version__, rows=[])
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fusion in args.fusions:
-            checkpoint = full_size_checkpoint(Path(tmp) / fusion, fusion)
-            out = Path(tmp) / f"{fusion}.onnx"
-            exported = export_onnx.main(export_onnx.get_args_parser().parse_args(
-                ["--checkpoint", str(checkpoint), "--out", str(out)]))
-            model = create_model(argparse.Namespace(**vars(ckpt.load_checkpoint(checkpoint)["args"])))
-            ckpt.load_model_weights(model, checkpoint)
-            runners = {"pytorch eager": model.eval(), "onnxruntime": export_onnx.OnnxModel(out, args.threads)}
-            for batch in args.batch_sizes:
-                clip = torch.randn(batch, 3, 16, 160, 160)
-                timed = take_turns(runners, clip, args.repeats)
-                speedup = timed["pytorch eager"]["median"] / timed["onnxruntime"]["median"]
-                results["rows"].append(dict(fusion=fusion, batch=batch, export_s=exported["seconds"],
-                                            max_abs_diff=exported["max_abs_diff"], seconds_per_call=timed,
-                                            speedup=speedup, load_average=os.getloadavg()))
-                path.write_text(json.dumps(results, indent=1) + "\n")  # after every row: a long run keeps its rows
-                print(f"fusion {fusion:4s} batch {batch}: eager {timed['pytorch eager']['median']:.2f} s "
-                      f"[{timed['pytorch eager']['min']:.2f}-{timed['pytorch eager']['max']:.2f}], onnxruntime "
-                      f"{timed['onnxruntime']['median']:.2f} s [{timed['onnxruntime']['min']:.2f}-"
-                      f"{timed['onnxruntime']['max']:.2f}]: {speedup:.2f}x; export {exported['seconds']:.0f} s, "
-                      f"max |diff| {exported['max_abs_diff']:.1e}", flush=True)
-    print(f"wrote {path}")
+            for row in onnx_rows(fusion, args.batch_sizes, args.repeats, args.threads, Path(tmp)):
+                rows.append(row)
+                write_result("onnx", rows, threads=args.threads, torch=torch.__version__)
+                print(row, flush=True)
+    report("onnx", rows, threads=args.threads, torch=torch.__version__)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,14 @@ import pytest
 import torch
 import torch.distributed as dist
 from support.collective_guard import CollectiveDeviceError, guard_collectives, supported_devices
+from support.demo_runs import (
+    assert_no_collective_refused_by_nccl,
+    demo_clips,
+    demo_videos,
+    finetune_flags,
+    pretrain_flags,
+)
 from support.fault_injection import free_port, launch
-
-from demo_data import make_demo_dataset, make_demo_videos
 
 TIMEOUT = float(os.environ.get("FAULT_TEST_TIMEOUT", 240))
 # NCCL pretended on the CPU: `--device cpu` stands for the rank's GPU (distributed.collective_device is checked apart).
@@ -83,43 +88,22 @@ def test_the_guard_puts_torch_distributed_back():
 
 # --- the scripts' own collectives, end to end (2 processes, gloo, NCCL pretended) -----------------------------------
 
-def assert_no_collective_refused_by_nccl(result) -> None:
-    assert not result.timed_out, f"hang: not finished after {TIMEOUT:.0f} s\n{result.tail()}"
-    assert result.returncodes == [0, 0], result.tail()
-    reports = [r["collectives"] for r in result.reports]
-    assert all(r["calls"] for r in reports), "the guard saw no collective"
-    sequences = [[(c["name"], c["site"]) for c in r["calls"]] for r in reports]
-    assert sequences[0] == sequences[1], "the ranks issued different collectives"
-    problems = [f"rank {rank}: {v}" for rank, r in enumerate(reports) for v in r["violations"]]
-    if problems:
-        raise CollectiveDeviceError("collectives NCCL would refuse:\n" + "\n".join(problems))
-
-
 @pytest.mark.slow
 def test_fine_tuning_collectives_work_under_nccl(tmp_path):
     """Training with validation (gathered predictions), checkpoints (gathered RNG states and unreadable-clip logs) and
     the final multi-view test (gathered views)."""
-    data = make_demo_dataset(tmp_path / "data", train_per_class=4, test_per_class=2, num_frames=16, size=32, seed=3)
-    flags = ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
-             "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
-             "--epochs", "1", "--warmup_epochs", "0", "--batch_size", "2", "--output_dir", str(tmp_path / "out"),
-             "--no-disable_eval_during_finetuning"]
-    result = launch("run_class_finetuning.py", flags, tmp_path, timeout=TIMEOUT, wrapper=PRETEND_NCCL)
-    assert_no_collective_refused_by_nccl(result)
+    flags = finetune_flags(demo_clips(tmp_path / "data"), tmp_path / "out", "--batch_size", "2")
+    assert_no_collective_refused_by_nccl(launch("run_class_finetuning.py", flags, tmp_path, timeout=TIMEOUT,
+                                                wrapper=PRETEND_NCCL))
 
 
 @pytest.mark.slow
 def test_pretraining_collectives_work_under_nccl(tmp_path):
     """An epoch with its epoch-end meter reduction, then the checkpoint (gathered RNG states and unreadable-video
     logs)."""
-    videos = make_demo_videos(tmp_path / "videos", per_class=2, num_frames=16, size=32)
-    flags = ["--demo", "--data_path", str(videos / "info_clean.csv"), "--data_root", str(videos), "--input_size", "32",
-             "--lg_region_size", "2", "1", "2", "--part_win_size", "2", "1", "2", "--mask_ratio", "0.5",
-             "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "1", "--warmup_epochs", "0",
-             "--batch_size", "2", "--num_workers", "0", "--device", "cpu", "--save_recon", "0",
-             "--output_dir", str(tmp_path / "out")]
-    result = launch("run_mae_pretraining.py", flags, tmp_path, timeout=TIMEOUT, wrapper=PRETEND_NCCL)
-    assert_no_collective_refused_by_nccl(result)
+    flags = pretrain_flags(demo_videos(tmp_path / "videos"), tmp_path / "out", "--batch_size", "2")
+    assert_no_collective_refused_by_nccl(launch("run_mae_pretraining.py", flags, tmp_path, timeout=TIMEOUT,
+                                                wrapper=PRETEND_NCCL))
 
 
 @pytest.mark.parametrize(("backend", "expected"), [("nccl", "cuda:3"), ("gloo", "cpu"), ("cpu:gloo,cuda:nccl", "cpu"),

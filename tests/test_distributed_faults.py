@@ -15,21 +15,25 @@ import re
 import shutil
 
 import pytest
-import torch
+from support.demo_runs import (
+    TRAIN_CLIPS,
+    assert_ranks_in_sync,
+    demo_clips,
+    demo_videos,
+    finetune_flags,
+    pretrain_flags,
+)
 from support.fault_injection import launch
 
 import checkpoint as ckpt
-from demo_data import make_demo_dataset, make_demo_videos
 
 pytestmark = pytest.mark.slow
 TIMEOUT = float(os.environ.get("FAULT_TEST_TIMEOUT", 240))
-TRAIN_CLIPS = 20  # the demo set below: 5 classes x 4
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("faults") / "data", train_per_class=4, test_per_class=2,
-                             num_frames=16, size=32, seed=3)
+    return demo_clips(tmp_path_factory.mktemp("faults") / "data")
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +50,7 @@ def clips_one_bad(clips, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    return make_demo_videos(tmp_path_factory.mktemp("faults_videos") / "videos", per_class=2, num_frames=16, size=32)
-
-
-def finetune_flags(data, out, *extra: str) -> list[str]:
-    """The fine-tuning demo shrunk to seconds: 32 px, depth 1, one epoch, validation and the final test included."""
-    return ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
-            "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
-            "--epochs", "1", "--warmup_epochs", "0", "--output_dir", str(out), "--no-disable_eval_during_finetuning",
-            *extra]
-
-
-def pretrain_flags(videos_root, out, *extra: str) -> list[str]:
-    return ["--demo", "--data_path", str(videos_root / "info_clean.csv"), "--data_root", str(videos_root),
-            "--input_size", "32", "--lg_region_size", "2", "1", "2", "--part_win_size", "2", "1", "2",
-            "--mask_ratio", "0.5", "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "1",
-            "--warmup_epochs", "0", "--num_workers", "0", "--device", "cpu", "--save_recon", "0",
-            "--output_dir", str(out), *extra]
+    return demo_videos(tmp_path_factory.mktemp("faults_videos") / "videos")
 
 
 def run(work_dir, script: str, flags: list[str], wrapper: list[str] = ()):
@@ -78,17 +66,6 @@ def assert_finished(result) -> None:
 
 def epoch_logs(out) -> list[dict]:
     return [json.loads(line) for line in (out / "log.txt").read_text().splitlines() if line.startswith("{\"train_")]
-
-
-def assert_ranks_in_sync(result, checkpoint) -> None:
-    """Every rank ends with the checkpoint's parameters, issued the same collectives and applied as many steps."""
-    saved = ckpt.load_checkpoint(checkpoint)["model"]
-    ranks = [torch.load(result.report_dir / f"params-rank{r}.pt") for r in (0, 1)]
-    for key, value in saved.items():
-        assert torch.equal(ranks[0][key], value) and torch.equal(ranks[1][key], value), f"{key} differs"
-    sequences = [[(c["name"], c["site"]) for c in report["collectives"]["calls"]] for report in result.reports]
-    assert sequences[0] == sequences[1], "the ranks issued different collectives"
-    assert result.reports[0]["optimizer_steps"] == result.reports[1]["optimizer_steps"]
 
 
 def assert_steps_accounted(result, out, steps: int) -> int:

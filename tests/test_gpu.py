@@ -1,6 +1,8 @@
 """What only a GPU can show: host synchronisations of the training steps, the device augmentation on CUDA against the
-CPU, and a model trained on the GPU giving the CPU's outputs. Skipped without CUDA; benchmarks/gpu_check.sh runs
-them (`pytest -m gpu tests/test_gpu.py`)."""
+CPU, a model and a checkpoint trained on the GPU giving the CPU's outputs, the scripts' collectives in a real NCCL
+group, and two processes sharing one GPU staying in sync. Skipped without CUDA; benchmarks/gpu_check.sh runs them
+(`pytest -m gpu tests/test_gpu.py`). Their CPU counterparts: tests/test_collective_devices.py,
+tests/test_distributed_faults.py, tests/test_run_class_finetuning.py (the same helpers, tests/support/demo_runs.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,39 @@ import warnings
 import pytest
 import timm
 import torch
+from support.demo_runs import (
+    assert_no_collective_refused_by_nccl,
+    assert_predictions_agree,
+    assert_ranks_in_sync,
+    demo_clips,
+    demo_videos,
+    finetune_flags,
+    pretrain_flags,
+)
+from support.fault_injection import launch
 from torch import nn
 
+import cli
 import engine
 import modeling_finetune  # noqa: F401  (registers the models)
+import run_class_finetuning as rcf
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
+TIMEOUT = 120  # seconds per launched run (a hang fails)
+FINETUNE, PRETRAIN = "run_class_finetuning.py", "run_mae_pretraining.py"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("gpu_data")
+    return {FINETUNE: demo_clips(folder / "clips"), PRETRAIN: demo_videos(folder / "videos")}
+
+
+def demo_flags(script: str, data: dict, out, *extra: str, device: str = "cuda") -> list[str]:
+    """The script's tiny demo, on the rank's GPU by default."""
+    flags = finetune_flags if script == FINETUNE else pretrain_flags
+    return flags(data[script], out, "--batch_size", "2", *extra, device=device)
 
 
 def tiny_model() -> nn.Module:
@@ -69,3 +97,49 @@ def test_a_model_trained_on_the_gpu_gives_the_cpus_logits():
         on_gpu = model.eval()(clips.to(CUDA)).float().cpu()
         on_cpu = model.cpu()(clips)
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("script", [FINETUNE, PRETRAIN])
+def test_the_scripts_collectives_run_in_a_one_rank_nccl_group(data, tmp_path, script):
+    """A real NCCL group (one rank, made before the script runs): NCCL refuses a CPU tensor itself, and the guard
+    records every collective against NCCL's device rules."""
+    result = launch(script, demo_flags(script, data, tmp_path / "out"), tmp_path, nproc=1, timeout=TIMEOUT,
+                    wrapper=["--single_process_group", "nccl", "--pretend_backend", "nccl"])
+    assert_no_collective_refused_by_nccl(result)
+
+
+@pytest.mark.parametrize(("script", "extra"), [
+    (FINETUNE, ["--amp", "fp16", "--update_freq", "2", "--fusion", "add", "--compile"]), (PRETRAIN, [])])
+def test_two_processes_on_one_gpu_end_with_identical_parameters(data, tmp_path, script, extra):
+    """Two torchrun nodes on one GPU (NCCL refuses two ranks on one device: gloo with CUDA tensors)."""
+    out = tmp_path / "out"
+    result = launch(script, demo_flags(script, data, out, *extra), tmp_path, timeout=TIMEOUT,
+                    wrapper=["--backend", "gloo"])
+    assert result.returncodes == [0, 0], result.tail()
+    digests = {report["param_digest"] for report in result.reports}
+    assert len(digests) == 1, digests
+    assert_ranks_in_sync(result, out / "checkpoint-0.pth")
+
+
+@pytest.fixture
+def backend_flags_kept():
+    """The scripts set TF32 and cuDNN's benchmark mode for the process: put back for the other tests."""
+    kept = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = kept
+
+
+def test_a_checkpoint_trained_on_the_gpu_evaluates_alike_on_the_cpu(data, tmp_path, backend_flags_kept):
+    """Trained and saved on the GPU; `--eval --resume` on the CPU in float32 is the reference for the GPU in float32
+    (TF32 matmuls) and in its default mixed precision."""
+    def run(out, *extra: str, device: str = "cuda") -> None:
+        rcf.main(cli.parse_args(rcf.get_args_parser(), rcf.DEMO_DEFAULTS, demo_flags(FINETUNE, data, out, *extra,
+                                                                                      device=device)))
+
+    run(tmp_path / "train")
+    checkpoint = str(tmp_path / "train" / "checkpoint-0.pth")
+    for name, device, amp in (("cpu", "cpu", ["--amp", "none"]), ("gpu_fp32", "cuda", ["--amp", "none"]),
+                              ("gpu_amp", "cuda", [])):
+        run(tmp_path / name, "--eval", "--resume", checkpoint, *amp, device=device)
+    assert_predictions_agree(tmp_path / "cpu" / "pred.csv", tmp_path / "gpu_fp32" / "pred.csv", atol=1e-2)
+    assert_predictions_agree(tmp_path / "cpu" / "pred.csv", tmp_path / "gpu_amp" / "pred.csv", atol=5e-2)

@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh end to end on the CPU (--cpu: every part at tiny size), so that the GPU check a lent GPU
-runs once is known to work up to what only a GPU can show."""
+runs once is known to work up to what only a GPU can show (its tests marked `gpu` are skipped here)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["env", "finetune_steps", "data_path", "eval_compile", "pretrain_step", "nccl_one_rank", "two_process_demos",
-         "checkpoint_cpu_gpu"]
+PARTS = ["env", "finetune_steps", "data_path", "eval_compile", "pretrain_step"]
 
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_part_on_the_cpu_and_writes_one_report(tmp_path):
     run = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path), "--cpu"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=1400, env={**os.environ, "PYTHON": sys.executable})
+                         text=True, timeout=1200, env={**os.environ, "PYTHON": sys.executable})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]  # the report only
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -36,17 +35,12 @@ def test_gpu_check_runs_every_part_on_the_cpu_and_writes_one_report(tmp_path):
         (f, v) for v in ("bf16", "fp16 + GradScaler", "bf16 channels_last") for f in ("none", "add")]
     assert all("error" not in r and r["clips_per_s"] > 0 for r in rows), rows
     assert parts["finetune_steps"]["gflops_per_step_none"] > 0
-    data_rows = {r["row"]: r for r in parts["data_path"]["rows"]}
-    assert parts["data_path"]["exit"] == 0 and all(r["median"] > 0 for r in data_rows.values()), parts["data_path"]
+    data_rows = {r["row"]: r["rate"]["median"] for r in parts["data_path"]["rows"]}
+    assert all(rate > 0 for rate in data_rows.values()), parts["data_path"]
     assert {"loader, 2 workers, --augment_on workers", "loader, 2 workers, --augment_on device"} <= set(data_rows)
-    assert report["data_bound"]["loader_clips_per_s"] == round(data_rows["loader, 2 workers, --augment_on device"][
-        "median"], 1) and isinstance(report["data_bound"]["data_bound"], bool)
+    assert report["data_bound"]["loader_clips_per_s"] == round(data_rows["loader, 2 workers, --augment_on device"], 1)
+    assert isinstance(report["data_bound"]["data_bound"], bool)
     compiled = {r["variant"]: r for r in parts["eval_compile"]["rows"]}
     assert set(compiled) == {"eager", "static + pad"} and compiled["eager"]["eval_graphs"] == 0
     assert compiled["static + pad"]["eval_graphs"] == 1  # the full and the padded last batch share one graph
     assert parts["pretrain_step"]["clips_per_s"] > 0 and parts["pretrain_step"]["gflops_per_step"] > 0
-    for name in ("finetuning", "pretraining"):  # the scripts ran in a 1-rank group, their collectives recorded
-        assert parts["nccl_one_rank"][name]["collectives"] > 0, parts["nccl_one_rank"][name]
-        assert len(parts["two_process_demos"][name]["exit"]) == 2
-    comparison = parts["checkpoint_cpu_gpu"]["cpu_bf16_vs_cpu_fp32"]
-    assert comparison["max_abs_prob_diff"] < 0.05 and comparison["argmax_agreement"].split("/")[1] == "10"

@@ -10,19 +10,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from support.demo_runs import assert_predictions_agree, demo_clips
 
 import checkpoint as ckpt
 import datasets
 import run_class_finetuning as rcf
 from datasets import TooManyBadSamplesError
-from demo_data import make_demo_dataset
 from metrics import classification_metrics
 
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "data", train_per_class=4, test_per_class=2,
-                             num_frames=16, size=32, seed=3)
+    return demo_clips(tmp_path_factory.mktemp("demo") / "data")
 
 
 def demo_args(root, output_dir, *extra: str) -> argparse.Namespace:
@@ -67,15 +66,15 @@ def test_fine_tune_validate_test_and_reports_agree(demo_root, tmp_path):
 
 
 def test_eval_of_a_saved_checkpoint_reproduces_the_final_test(demo_root, tmp_path):
+    """Also in bf16, within its rounding (tests/test_gpu.py compares a GPU-trained checkpoint's GPU and CPU runs)."""
     out = tmp_path / "run"
     rcf.main(demo_args(demo_root, out, "--epochs", "1", "--disable_eval_during_finetuning"))
-    trained = read_pred(out / "pred.csv")
-    evaluated = tmp_path / "eval"
-    rcf.main(demo_args(demo_root, evaluated, "--eval", "--resume", str(out / "checkpoint-0.pth")))
-    again = read_pred(evaluated / "pred.csv")
-    assert [r["pred"] for r in again] == [r["pred"] for r in trained]
-    for a, b in zip(again, trained):
-        assert all(abs(float(a[k]) - float(b[k])) < 1e-5 for k in list(a)[3:])
+    checkpoint = str(out / "checkpoint-0.pth")
+    for amp, atol in (("none", 1e-5), ("bf16", 5e-2)):
+        rcf.main(demo_args(demo_root, tmp_path / amp, "--eval", "--resume", checkpoint, "--amp", amp))
+        assert_predictions_agree(out / "pred.csv", tmp_path / amp / "pred.csv", atol)
+    same = [r["pred"] for r in read_pred(tmp_path / "none" / "pred.csv")]
+    assert same == [r["pred"] for r in read_pred(out / "pred.csv")]
 
 
 def test_auto_resume_continues_from_the_last_checkpoint(demo_root, tmp_path):
