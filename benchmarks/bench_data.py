@@ -26,7 +26,9 @@ from torch.utils.data import default_collate
 from torchvision.io import decode_jpeg, read_file
 
 import utils
-from datasets import Annotation, Augmentation, ClipDataset, Sampling, resize_frames, seed_worker
+from annotations import Annotation
+from datasets import Augmentation, ClipDataset, Sampling, seed_worker
+from video_io import resize_frames
 
 
 def make_clips(folder: Path, args: argparse.Namespace) -> list[Annotation]:

@@ -187,13 +187,15 @@ def part_env(part: Part) -> None:
 
 
 def finetune_step(model, cfg: dict, device: torch.device, amp: str, compiled: bool, channels_last: bool):
-    """A training step with AdamW: bf16 autocast, or fp16 autocast with a GradScaler."""
-    from timm.optim import create_optimizer_v2
+    """A training step with AdamW: bf16 autocast, or fp16 autocast with a GradScaler (and the fused AdamW that the
+    training scripts take under loss scaling)."""
+    import training
 
     x = torch.randn(cfg["batch"], 3, cfg["frames"], cfg["img"], cfg["img"], device=device)
     if channels_last:
         model, x = to_channels_last(model), x.contiguous(memory_format=torch.channels_last_3d)
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
+    flags = argparse.Namespace(opt="adamw", weight_decay=0.05, momentum=0.9, opt_eps=1e-8, opt_betas=None)
+    optimizer = training.create_optimizer(flags, model, 1e-4, loss_scaling=amp == "fp16")
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     forward = torch.compile(model) if compiled else model
     y = torch.randint(0, cfg["classes"], (cfg["batch"],), device=device)

@@ -6,6 +6,7 @@ tests/test_distributed_faults.py, tests/test_run_class_finetuning.py (the same h
 
 from __future__ import annotations
 
+import argparse
 import warnings
 
 import pytest
@@ -21,12 +22,14 @@ from support.demo_runs import (
     pretrain_flags,
 )
 from support.fault_injection import launch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 import cli
 import engine
 import modeling_finetune  # noqa: F401  (registers the models)
 import run_class_finetuning as rcf
+import training
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -58,11 +61,15 @@ def batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
             for _ in range(n)]
 
 
-def test_training_steps_synchronise_at_most_once_per_log_every_steps():
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_training_steps_synchronise_at_most_once_per_log_every_steps(amp):
     model = tiny_model().to(CUDA)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    recipe = engine.StepRecipe(engine.Precision("bf16"), max_norm=1.0, log_every=5)
-    run = dict(epoch=0, criterion=nn.CrossEntropyLoss(), recipe=recipe)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    flags = argparse.Namespace(opt="adamw", weight_decay=0.05, momentum=0.9, opt_eps=1e-8, opt_betas=None)
+    optimizer = training.create_optimizer(flags, model, 1e-3, loss_scaling=scaler is not None)
+    ema = ModelEmaV3(model, decay=0.99) if amp == "fp16" else None
+    recipe = engine.StepRecipe(engine.Precision(amp, scaler), max_norm=1.0, model_ema=ema, log_every=5)
+    run = dict(criterion=nn.CrossEntropyLoss(), recipe=recipe)
     engine.train_one_epoch(model, batches(3), optimizer, CUDA, **run)  # warm-up: cuDNN, allocator
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -90,7 +97,7 @@ def test_device_augmentation_on_cuda_gives_the_cpus_clips(tmp_path):
 def test_a_model_trained_on_the_gpu_gives_the_cpus_logits():
     model = tiny_model().to(CUDA)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    engine.train_one_epoch(model, batches(4), optimizer, CUDA, epoch=0, criterion=nn.CrossEntropyLoss(),
+    engine.train_one_epoch(model, batches(4), optimizer, CUDA, criterion=nn.CrossEntropyLoss(),
                            recipe=engine.StepRecipe(engine.Precision("bf16")))
     clips = batches(1)[0][0]
     with torch.no_grad():
