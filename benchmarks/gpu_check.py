@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from bench_model import to_channels_last
 from common import FT_FULL, PT_FULL, cell, gflops, markdown_table, peak_memory_gib, sync
 
-# Seconds per part on one GPU: 205 in all (5 minutes with the `gpu` tests before them).
-BUDGETS = dict(env=10, finetune_steps=85, data_path=30, eval_compile=55, pretrain_step=25)
+# Seconds per part on one GPU: 175 in all (with the `gpu` tests' 120 s before them, 5 minutes).
+BUDGETS = dict(env=5, finetune_steps=70, data_path=30, eval_compile=45, pretrain_step=25)
 MIN_PART_SECONDS = 10
 MIN_VARIANT_SECONDS = 12  # a row starts only with this much of its part's budget left
 # The tiny configurations of --cpu / --tiny, in common's format.
@@ -328,7 +328,7 @@ def main(args: argparse.Namespace) -> dict:
     cpu = args.cpu or not torch.cuda.is_available()
     tiny = args.tiny or cpu
     args.budget = args.budget or (1000 if cpu else sum(BUDGETS.values()))
-    scale = 4 if cpu else 1  # a small shared CPU
+    scale = 5 if cpu else 1  # a small shared CPU
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # data and compiled code: never in `out`
@@ -373,7 +373,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder for the report (gpu_check.md, gpu_check.json) only; default: $OUT, else /tmp/gpu_check")
     p.add_argument("--cpu", action="store_true", help="run every part on the CPU at tiny size (auto without CUDA)")
     p.add_argument("--tiny", action="store_true", help="tiny models and data on the GPU too (a quick rehearsal)")
-    p.add_argument("--budget", type=float, default=None, help="seconds for all parts (205; --cpu: 1000)")
+    p.add_argument("--budget", type=float, default=None, help="seconds for all parts (175; --cpu: 1000)")
     p.add_argument("--parts", default="", help=f"comma-separated subset of {', '.join(PARTS)}")
     return p
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one go (about 6 minutes on one GPU): install the wheels carried in .whl/, run the tests marked
-# `gpu` (tests/test_gpu.py, ≤ 150 s), then benchmarks/gpu_check.py's measurements (≤ 205 s of parts) under a hard time
+# The GPU check in one go (at most 5 minutes on one GPU): install the wheels carried in .whl/, run the tests marked
+# `gpu` (tests/test_gpu.py, ≤ 120 s), then benchmarks/gpu_check.py's measurements (≤ 175 s of parts) under a hard time
 # limit, and print its report.
 # Only the report (gpu_check.md, gpu_check.json, gpu_tests.txt: a few KB) goes to OUT_DIR (default: $OUT, else
 # /tmp/gpu_check); data, checkpoints and logs stay in a work folder under /tmp.
@@ -27,11 +27,11 @@ if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
 fi
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
-LIMIT=${GPU_CHECK_TIMEOUT:-230}
+LIMIT=${GPU_CHECK_TIMEOUT:-195}
 if [[ " $* " == *" --cpu "* ]]; then
     LIMIT=${GPU_CHECK_TIMEOUT:-1100}  # a small shared CPU: the parts' CPU budgets
 else  # the GPU correctness tests (skipped without CUDA)
-    timeout -k 5 "${GPU_TESTS_TIMEOUT:-150}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
+    timeout -k 5 "${GPU_TESTS_TIMEOUT:-120}" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
         > "$OUT_DIR/gpu_tests.txt" 2>&1
     tail -n 3 "$OUT_DIR/gpu_tests.txt"
 fi
