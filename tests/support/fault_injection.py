@@ -80,7 +80,8 @@ class Facts:
     exit: str = "running"
     train_forwards: int = 0
     nan_injected_at: int | None = None
-    optimizer_steps: int = 0
+    optimizer_steps: int = 0  # optimizer.step() calls
+    overflow_flags: list = field(default_factory=list, repr=False)  # GradScaler's flags handed to a fused step
     grad_allreduce_calls: int = 0
     syncs: Counter = field(default_factory=Counter)
     models: list = field(default_factory=list, repr=False)
@@ -135,6 +136,8 @@ def patch_optimizer_steps(facts: Facts, count_syncs: bool) -> None:
 
     def post_step(optimizer, args, kwargs):
         facts.optimizer_steps += 1
+        if getattr(optimizer, "found_inf", None) is not None:  # a fused step that GradScaler may have skipped
+            facts.overflow_flags.append(optimizer.found_inf.detach().clone())  # read at the end: no sync here
         if count_syncs and facts.optimizer_steps == 1 and torch.cuda.is_available():
             torch.cuda.set_sync_debug_mode("warn")
 
@@ -215,7 +218,8 @@ def write_report(facts: Facts, report_dir: Path, guard) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     report = {"rank": facts.rank, "world_size": facts.world_size, "script": facts.script, "flags": facts.flags,
               "exit": facts.exit, "seconds": time.time() - facts.started, "train_forwards": facts.train_forwards,
-              "nan_injected_at": facts.nan_injected_at, "optimizer_steps": facts.optimizer_steps,
+              "nan_injected_at": facts.nan_injected_at,
+              "optimizer_steps": facts.optimizer_steps - int(sum(flag.item() for flag in facts.overflow_flags)),
               "grad_allreduce_calls": facts.grad_allreduce_calls, "models_built": len(facts.models),
               "syncs": {"total": sum(facts.syncs.values()), "sites": dict(facts.syncs.most_common(20))},
               "collectives": guard.report() if guard is not None else None}
