@@ -95,6 +95,16 @@ def eye_angles(reader, frames: np.ndarray, track: np.ndarray, path: str | Path, 
     return faces.smooth_angles(angles, radius)
 
 
+def crop_plan(reader, frames: np.ndarray, track: np.ndarray, path: str | Path,
+              args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """The crop box and rotation of each of `frames` from their face track (the face flags of
+    `faces.add_face_arguments`): boxes at --face_scale × the face's side, smoothed over --smooth frames, and with
+    --align eyes the angle of the eye line (else 0). run_inference.py and preprocess/extract_faces.py crop alike."""
+    boxes = faces.crop_boxes(track, args.face_scale or faces.FACE_SCALES[args.face], args.smooth)
+    angles = eye_angles(reader, frames, track, path, args.smooth) if args.align == "eyes" else np.zeros(len(frames))
+    return boxes, angles
+
+
 @torch.no_grad()
 def predict_windows(model, rows: np.ndarray, crops: dict[int, np.ndarray], device: torch.device, amp: str,
                     batch_size: int, desc: str) -> np.ndarray:
@@ -152,9 +162,7 @@ def process_video(path: str | Path, model, cfg: argparse.Namespace, args: argpar
 
     # Second pass: frames are decoded again rather than kept, so memory stays at one crop per frame.
     tick = time.perf_counter()
-    crop_boxes = faces.crop_boxes(boxes, args.face_scale or faces.FACE_SCALES[args.face], args.smooth)
-    angles = eye_angles(reader, examined, boxes, path, args.smooth) if args.align == "eyes" else \
-        np.zeros(len(examined))
+    crop_boxes, angles = crop_plan(reader, examined, boxes, path, args)
     crops = {}
     for f, frame in read_frames(reader, np.unique(windows[predicted]), path):
         start = time.perf_counter()

@@ -6,7 +6,7 @@ Each video <root>/<rel>/<name>.<ext> gives <out>/<rel>/<name>/00001.jpg, 00002.j
 --size px, JPEG quality 95), spaces in folder and file names written as '_' (the lists cannot hold spaces). The
 faces are detected in every frame (--face, default the res10 SSD), linked into the main face's track, smoothed and
 filled where missed, then cropped at --face_scale × the face's side (faces.py), turned upright by the eyes with
---align eyes. A video's folder appears only once
+--align eyes, exactly as run_inference.py crops (engine_inference.crop_plan). A video's folder appears only once
 complete, so a rerun skips what is done and finishes an interrupted extraction. <out>/extract_report.csv lists every
 video: frames, frames with a face and the reason it needs a look (no face, face missed in some frames, unreadable).
 """
@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 import faces
-from engine_inference import VideoError, eye_angles, open_video, read_frames
+from engine_inference import VideoError, crop_plan, open_video, read_frames
 from preprocess.common import cli
 from video_io import VIDEO_EXTENSIONS
 
@@ -96,9 +96,8 @@ def extract_video(video: Path, folder: Path, args: argparse.Namespace) -> dict:
         row["face_frames"] = int(found.sum())
         if not found.any():
             return {**row, "reason": NO_FACE}
-        boxes = faces.crop_boxes(track, args.face_scale or faces.FACE_SCALES[args.face], args.smooth)
         frames = np.arange(n)
-        angles = eye_angles(reader, frames, track, video, args.smooth) if args.align == "eyes" else np.zeros(n)
+        boxes, angles = crop_plan(reader, frames, track, video, args)
         partial = folder.with_name(f".{folder.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
