@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.demo_runs import demo_clips, demo_videos, resumable_finetune_flags, resumable_pretrain_flags
 from support.fault_injection import ROOT, _kill_tree, die_with_parent, free_port
 
 import checkpoint as ckpt
 import engine
 import preemption
-from demo_data import make_demo_dataset, make_demo_videos
 
 TIMEOUT = float(os.environ.get("PREEMPTION_TEST_TIMEOUT", 300))
 HARNESS = str(Path(__file__).resolve().parent / "support" / "fault_injection.py")
@@ -32,32 +32,12 @@ HARNESS = str(Path(__file__).resolve().parent / "support" / "fault_injection.py"
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("preempt") / "data", train_per_class=4, test_per_class=2,
-                             num_frames=16, size=32, seed=3)
+    return demo_clips(tmp_path_factory.mktemp("preempt") / "data")
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    return make_demo_videos(tmp_path_factory.mktemp("preempt_videos") / "videos", per_class=2, num_frames=16,
-                            size=32)
-
-
-def finetune_flags(data, out) -> list[str]:
-    """The demo shrunk to seconds: 20 training clips, batch 2, 2 epochs with validation and the final test, a
-    step checkpoint after every step (whose appearance tells the test that training has started)."""
-    return ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
-            "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
-            "--epochs", "2", "--warmup_epochs", "1", "--batch_size", "2", "--drop_path", "0.1",
-            "--test_num_segment", "1", "--test_num_crop", "1", "--save_every_steps", "1", "--output_dir", str(out),
-            "--no-disable_eval_during_finetuning"]
-
-
-def pretrain_flags(videos_root, out) -> list[str]:
-    return ["--demo", "--data_path", str(videos_root / "info_clean.csv"), "--data_root", str(videos_root),
-            "--input_size", "32", "--lg_region_size", "2", "1", "2", "--part_win_size", "2", "1", "2",
-            "--mask_ratio", "0.5", "--encoder_depth", "1", "--decoder_depth", "1", "--epochs", "2",
-            "--warmup_epochs", "1", "--batch_size", "1", "--num_workers", "0", "--device", "cpu", "--save_recon",
-            "0", "--save_every_steps", "1", "--output_dir", str(out)]
+    return demo_videos(tmp_path_factory.mktemp("preempt_videos") / "videos")
 
 
 def start(script: str, flags: list[str], work: Path, *, nproc: int, step_seconds: float = 0.0) -> subprocess.Popen:
@@ -164,25 +144,27 @@ def test_a_stop_signal_sets_the_flag_and_the_handlers_are_put_back():
 
 @pytest.mark.slow
 def test_sigusr1_one_process_stops_mid_epoch_and_resumes_exactly(clips, tmp_path):
-    run_to_end("run_class_finetuning.py", finetune_flags(clips, tmp_path / "ref" / "out"), tmp_path / "ref", nproc=0)
+    run_to_end("run_class_finetuning.py", resumable_finetune_flags(clips, tmp_path / "ref" / "out"),
+               tmp_path / "ref", nproc=0)
     out = tmp_path / "run" / "out"
-    seconds = preempt("run_class_finetuning.py", finetune_flags(clips, out), tmp_path / "run", out, nproc=0,
+    seconds = preempt("run_class_finetuning.py", resumable_finetune_flags(clips, out), tmp_path / "run", out, nproc=0,
                       sig=signal.SIGUSR1)
     step = assert_stopped_together(tmp_path / "run", out, steps_per_epoch=10)
     assert "preempted at epoch 0 after step" in output(tmp_path / "run")
     print(f"one process: stopped after step {step}, {seconds:.2f} s from SIGUSR1 to exit")
-    run_to_end("run_class_finetuning.py", finetune_flags(clips, out), tmp_path / "resumed", nproc=0)
+    run_to_end("run_class_finetuning.py", resumable_finetune_flags(clips, out), tmp_path / "resumed", nproc=0)
     assert_same_end(tmp_path / "ref" / "out", out, "checkpoint-1.pth")
 
 
 @pytest.mark.slow
 def test_sigterm_pretraining_one_process_resumes_exactly(videos, tmp_path):
-    run_to_end("run_mae_pretraining.py", pretrain_flags(videos, tmp_path / "ref" / "out"), tmp_path / "ref", nproc=0)
+    run_to_end("run_mae_pretraining.py", resumable_pretrain_flags(videos, tmp_path / "ref" / "out"),
+               tmp_path / "ref", nproc=0)
     out = tmp_path / "run" / "out"
-    preempt("run_mae_pretraining.py", pretrain_flags(videos, out), tmp_path / "run", out, nproc=0,
+    preempt("run_mae_pretraining.py", resumable_pretrain_flags(videos, out), tmp_path / "run", out, nproc=0,
             sig=signal.SIGTERM)
     assert_stopped_together(tmp_path / "run", out, steps_per_epoch=10)
-    run_to_end("run_mae_pretraining.py", pretrain_flags(videos, out), tmp_path / "resumed", nproc=0)
+    run_to_end("run_mae_pretraining.py", resumable_pretrain_flags(videos, out), tmp_path / "resumed", nproc=0)
     assert_same_end(tmp_path / "ref" / "out", out, "checkpoint-1.pth", predictions=False)
 
 
@@ -199,14 +181,15 @@ def worker_pids(proc: subprocess.Popen) -> list[int]:
 def test_sigterm_two_processes_stop_after_the_same_step_and_resume_exactly(clips, tmp_path, whom):
     """SIGTERM to torchrun (it forwards it to both workers), or to one worker only (the other learns it in the
     step agreement): both stop after the same step."""
-    run_to_end("run_class_finetuning.py", finetune_flags(clips, tmp_path / "ref" / "out"), tmp_path / "ref", nproc=2)
+    run_to_end("run_class_finetuning.py", resumable_finetune_flags(clips, tmp_path / "ref" / "out"),
+               tmp_path / "ref", nproc=2)
     out = tmp_path / "run" / "out"
     target = (lambda proc: proc.pid) if whom == "torchrun" else (lambda proc: worker_pids(proc)[-1])
-    seconds = preempt("run_class_finetuning.py", finetune_flags(clips, out), tmp_path / "run", out, nproc=2,
+    seconds = preempt("run_class_finetuning.py", resumable_finetune_flags(clips, out), tmp_path / "run", out, nproc=2,
                       sig=signal.SIGTERM, target=target)
     step = assert_stopped_together(tmp_path / "run", out, steps_per_epoch=5)
     print(f"two processes, SIGTERM to {whom}: stopped after step {step}, {seconds:.2f} s from the signal to exit")
     with contextlib.suppress(FileNotFoundError):
         (tmp_path / "run" / "report").rename(tmp_path / "run" / "report-preempted")
-    run_to_end("run_class_finetuning.py", finetune_flags(clips, out), tmp_path / "resumed", nproc=2)
+    run_to_end("run_class_finetuning.py", resumable_finetune_flags(clips, out), tmp_path / "resumed", nproc=2)
     assert_same_end(tmp_path / "ref" / "out", out, "checkpoint-1.pth")

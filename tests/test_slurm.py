@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.demo_runs import demo_clips, resumable_finetune_flags
 from support.fault_injection import ROOT, free_port
 
 import checkpoint as ckpt
 import preemption
 import slurm
-from demo_data import make_demo_dataset
 
 TIMEOUT = float(os.environ.get("SLURM_TEST_TIMEOUT", 600))
 SEARCH_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # the daemons live in sbin
@@ -194,18 +194,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("slurm") / "data", train_per_class=4, test_per_class=2,
-                             num_frames=16, size=32, seed=3)
-
-
-def job_flags(data, out) -> list[str]:
-    """The demo shrunk to seconds (2 tasks x batch 2: 5 steps an epoch, 2 epochs); a step checkpoint after every
-    step tells the test where the job is."""
-    return ["--demo", "--data_path", str(data), "--data_root", str(data), "--input_size", "32", "--short_side_size",
-            "32", "--depth", "1", "--lg_region_size", "2", "1", "2", "--num_workers", "0", "--device", "cpu",
-            "--epochs", "2", "--warmup_epochs", "1", "--batch_size", "2", "--drop_path", "0.1",
-            "--test_num_segment", "1", "--test_num_crop", "1", "--save_every_steps", "1", "--output_dir", str(out),
-            "--no-disable_eval_during_finetuning"]
+    return demo_clips(tmp_path_factory.mktemp("slurm") / "data")
 
 
 def submit(cluster: Cluster, work: Path, flags: list[str], tasks: int = 2, **env: str) -> str:
@@ -268,13 +257,13 @@ def preempt(cluster: Cluster, job: str, command: list[str], work: Path, deadline
 def test_a_preempted_slurm_job_requeues_itself_resumes_and_ends_as_the_uninterrupted_one(cluster, clips, tmp_path):
     deadline = time.time() + TIMEOUT
     reference = tmp_path / "reference"
-    job = submit(cluster, reference, job_flags(clips, reference / "out"))
+    job = submit(cluster, reference, resumable_finetune_flags(clips, reference / "out"))
     state = wait_for(lambda: finished(cluster, job), "end", deadline, cluster, job, reference)
     assert state == "COMPLETED", (reference / f"slurm-{job}.out").read_text()[-4000:]
 
     work = tmp_path / "preempted"
     out = work / "out"
-    job = submit(cluster, work, job_flags(clips, out))
+    job = submit(cluster, work, resumable_finetune_flags(clips, out))
     for command in (["scancel", "--signal=USR1", "--full", job], ["scontrol", "requeue", job]):
         preempt(cluster, job, command, work, deadline)
     state = wait_for(lambda: finished(cluster, job), "end", deadline, cluster, job, work)

@@ -40,6 +40,21 @@ def pretrain_flags(videos: Path, out: Path, *extra: str, device: str = "cpu") ->
             "--output_dir", str(out), *extra]
 
 
+# The demos that the stop-and-resume tests interrupt: two epochs, and a step checkpoint after every step (whose
+# appearance tells a test that training has started).
+RESUMABLE = ("--epochs", "2", "--warmup_epochs", "1", "--save_every_steps", "1")
+
+
+def resumable_finetune_flags(data: Path, out: Path) -> list[str]:
+    """20 training clips in batches of 2, validation and a one-view final test."""
+    return finetune_flags(data, out, *RESUMABLE, "--batch_size", "2", "--drop_path", "0.1", "--test_num_segment", "1",
+                          "--test_num_crop", "1")
+
+
+def resumable_pretrain_flags(videos: Path, out: Path) -> list[str]:
+    return pretrain_flags(videos, out, *RESUMABLE, "--batch_size", "1")
+
+
 def assert_ranks_in_sync(result, checkpoint: Path) -> None:
     """Every rank ends with the checkpoint's parameters, issued the same collectives and applied as many steps."""
     saved = ckpt.load_checkpoint(checkpoint)["model"]
